@@ -1,0 +1,353 @@
+"""Typed, frozen settings loaded once from ``params.yaml``.
+
+Every relative path in the file (including the SQLite file inside ``sqlite:///`` tracking
+URIs) is resolved against the folder that holds the params file, never against the
+current directory. ``MLFLOW_TRACKING_URI`` in the environment overrides
+``mlflow.tracking_uri``. An unknown key, a wrong type or an impossible value raises
+:class:`ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from retrain_pipeline.errors import ConfigError
+
+PARAMS_FILE_NAME = "params.yaml"
+MAX_BATCH_NUMBER = 1_000_000
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc")
+Metric = Literal["accuracy", "precision", "recall", "f1", "roc_auc"]
+
+#: Short estimator names accepted in ``model.estimator``; a dotted class path also works.
+ESTIMATORS: dict[str, str] = {
+    "random_forest": "sklearn.ensemble.RandomForestClassifier",
+    "extra_trees": "sklearn.ensemble.ExtraTreesClassifier",
+    "gradient_boosting": "sklearn.ensemble.GradientBoostingClassifier",
+    "hist_gradient_boosting": "sklearn.ensemble.HistGradientBoostingClassifier",
+    "logistic_regression": "sklearn.linear_model.LogisticRegression",
+}
+
+_TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+_REMOTE_SCHEMES = ("http", "https", "databricks")
+
+
+def _root(info: ValidationInfo) -> Path:
+    if not info.context or "root" not in info.context:
+        raise ValueError("settings must be created with load_settings() or Settings.from_mapping()")
+    root: Path = info.context["root"]
+    return root
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Resolve a relative path against the params file's folder."""
+    path = value.expanduser()
+    return path if path.is_absolute() else (_root(info) / path).resolve()
+
+
+ProjectPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+def resolve_tracking_uri(uri: str, root: Path) -> str:
+    """Validate a tracking URI and make a relative ``sqlite:///file`` absolute under ``root``."""
+    uri = uri.strip()
+    scheme, sep, rest = uri.partition("://")
+    scheme = scheme.split("+", 1)[0]  # e.g. postgresql+psycopg2
+    if not sep or scheme not in _TRACKING_SCHEMES:
+        raise ValueError(
+            f"unsupported tracking URI {uri!r}: expected one of "
+            + ", ".join(f"{s}://" for s in _TRACKING_SCHEMES)
+        )
+    if scheme == "sqlite":
+        if not rest.startswith("/") or rest == "/":
+            raise ValueError(f"sqlite URIs look like sqlite:///mlflow.db, got {uri!r}")
+        db_path = Path(rest[1:])  # sqlite:///rel.db -> "rel.db", sqlite:////abs.db -> "/abs.db"
+        if not db_path.is_absolute():
+            db_path = (root / db_path).resolve()
+        return f"sqlite:///{db_path}"
+    return uri
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(_Section):
+    """Where batches come from and what a valid batch looks like."""
+
+    source: Literal["sliced", "landing"] = "sliced"
+    batch_size: int = Field(default=50, gt=0, le=10_000_000)
+    target_column: str = Field(default="target", min_length=1)
+    classes: tuple[int | str, int | str] = (0, 1)
+    feature_columns: tuple[str, ...] | None = None
+    allow_missing_values: bool = False
+    max_abs_value: float | None = Field(default=1e12, gt=0)
+    shuffle_seed: int = 42
+    raw_file: ProjectPath = Path("data/raw/breast_cancer.csv")
+    landing_dir: ProjectPath = Path("data/landing")
+    processed_dir: ProjectPath = Path("data/processed")
+    quarantine_dir: ProjectPath = Path("data/quarantine")
+
+    @field_validator("classes")
+    @classmethod
+    def _two_distinct_labels_of_one_type(
+        cls, value: tuple[int | str, int | str]
+    ) -> tuple[int | str, int | str]:
+        negative, positive = value
+        if type(negative) is not type(positive):
+            raise ValueError("both class labels must be integers or both strings")
+        if negative == positive:
+            raise ValueError("the two class labels must differ")
+        return value
+
+    @field_validator("feature_columns")
+    @classmethod
+    def _unique_feature_columns(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("declare at least one feature column, or leave it null")
+            duplicates = sorted({c for c in value if value.count(c) > 1})
+            if duplicates:
+                raise ValueError(f"duplicate feature columns: {duplicates}")
+        return value
+
+    @model_validator(mode="after")
+    def _target_is_not_a_feature(self) -> DataConfig:
+        if self.feature_columns and self.target_column in self.feature_columns:
+            raise ValueError(f"target column {self.target_column!r} is also listed as a feature")
+        return self
+
+
+class ModelConfig(_Section):
+    """The scikit-learn estimator and its preprocessing."""
+
+    estimator: str = "random_forest"
+    # Passed to the estimator's constructor; empty means scikit-learn's defaults.
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    random_state: int = 42
+    impute_strategy: Literal["median", "mean", "most_frequent"] = "median"
+    scale_features: bool = True
+
+    @field_validator("estimator")
+    @classmethod
+    def _estimator_is_a_classifier(cls, value: str) -> str:
+        from sklearn.base import is_classifier  # local: keep config import light
+
+        if not is_classifier(estimator_class(value)()):
+            raise ValueError(f"estimator {value!r} is not a scikit-learn classifier")
+        return value
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _estimator_accepts_hyperparameters(
+        cls, value: dict[str, Any], info: ValidationInfo
+    ) -> dict[str, Any]:
+        name = info.data.get("estimator")
+        if name is None:  # the estimator itself was invalid; that error is reported
+            return value
+        instance = estimator_class(name)()
+        accepted = instance.get_params()
+        unknown = sorted(set(value) - set(accepted))
+        if unknown:
+            raise ValueError(
+                f"estimator {name!r} has no hyperparameter(s) {unknown}; "
+                f"accepted: {sorted(accepted)}"
+            )
+        if "random_state" in value:
+            raise ValueError("set model.random_state, not model.hyperparameters.random_state")
+        try:
+            instance.set_params(**value)
+            validate = getattr(instance, "_validate_params", None)  # sklearn's own checks
+            if validate is not None:
+                validate()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid for {name!r}: {exc}") from exc
+        return value
+
+
+def estimator_class(name: str) -> type:
+    """The classifier class for a short name from :data:`ESTIMATORS` or a dotted class path."""
+    dotted = ESTIMATORS.get(name, name)
+    module_name, _, class_name = dotted.rpartition(".")
+    if not module_name:
+        raise ValueError(
+            f"unknown estimator {name!r}: use one of {sorted(ESTIMATORS)} "
+            "or a dotted class path such as sklearn.svm.SVC"
+        )
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import estimator {dotted!r}: {exc}") from exc
+    if not isinstance(cls, type):
+        raise ValueError(f"estimator {dotted!r} is not a class")
+    return cls
+
+
+class EvaluationConfig(_Section):
+    """How models are scored and when a new one replaces the champion."""
+
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    primary_metric: Metric = "f1"
+    promotion_tolerance: float = Field(default=0.0, ge=0, le=1)
+    split_seed: int = 42
+
+
+class MlflowConfig(_Section):
+    """Tracking server, experiment and model registry."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment_name: str = Field(default="automated-retraining", min_length=1)
+    registered_model_name: str = Field(default="breast-cancer-classifier", min_length=1)
+    # Where a *local* store (sqlite, database) keeps artifacts of the experiment this
+    # pipeline creates. Remote servers (http/https) choose their own artifact location.
+    artifact_location: ProjectPath = Path("mlartifacts")
+    max_retries: int = Field(default=3, ge=0, le=20)
+    retry_backoff_seconds: float = Field(default=2.0, ge=0, le=300)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _resolve_tracking_uri(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_tracking_uri(value, _root(info))
+
+    @property
+    def is_remote(self) -> bool:
+        return self.tracking_uri.partition("://")[0] in _REMOTE_SCHEMES
+
+
+class AutomationConfig(_Section):
+    """Scheduling of the deployment."""
+
+    cron_schedule: str = "*/2 * * * *"
+    timezone: str = "UTC"
+    max_batches: int = Field(default=8, gt=0, le=MAX_BATCH_NUMBER)
+
+    @field_validator("cron_schedule")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=value)
+        except ValidationError as exc:
+            raise ValueError(f"invalid cron expression {value!r}") from exc
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+
+class PathsConfig(_Section):
+    """Where the pipeline writes its outputs."""
+
+    state_file: ProjectPath = Path("batch_state.json")
+    models_dir: ProjectPath = Path("models")
+    metrics_dir: ProjectPath = Path("metrics")
+
+
+class Settings(_Section):
+    """The whole validated configuration; build it with :func:`load_settings`."""
+
+    root: Path
+    params_file: Path | None
+    data: DataConfig = Field(default_factory=dict)  # type: ignore[arg-type]
+    model: ModelConfig = Field(default_factory=dict)  # type: ignore[arg-type]
+    evaluation: EvaluationConfig = Field(default_factory=dict)  # type: ignore[arg-type]
+    mlflow: MlflowConfig = Field(default_factory=dict)  # type: ignore[arg-type]
+    automation: AutomationConfig = Field(default_factory=dict)  # type: ignore[arg-type]
+    paths: PathsConfig = Field(default_factory=dict)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _versioned_outputs_inside_root(self) -> Settings:
+        # DVC can only track files inside its repository (the project root).
+        for key, path in (
+            ("data.processed_dir", self.data.processed_dir),
+            ("paths.models_dir", self.paths.models_dir),
+        ):
+            if not path.is_relative_to(self.root):
+                raise ValueError(f"{key} ({path}) must be inside the project folder {self.root}")
+        return self
+
+    @classmethod
+    def from_mapping(
+        cls, raw: dict[str, Any], root: Path, params_file: Path | None = None
+    ) -> Settings:
+        """Validate a params mapping whose relative paths belong to ``root``."""
+        source = str(params_file) if params_file else "built-in defaults"
+        reserved = sorted({"root", "params_file"} & set(raw))
+        if reserved:
+            raise ConfigError(f"{source}: unknown key(s) {reserved}")
+        data = {key: value for key, value in raw.items()}
+        env_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+        if env_uri:
+            section = data.get("mlflow")
+            data["mlflow"] = {**(section if isinstance(section, dict) else {}), "tracking_uri": env_uri}
+        root = root.resolve()
+        try:
+            return cls.model_validate(
+                {**data, "root": root, "params_file": params_file}, context={"root": root}
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: {_describe(exc)}") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown key")
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        value = error.get("input")
+        if isinstance(value, dict):
+            problems.append(f"{key}: {message}")
+            continue
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        problems.append(f"{key}: {message} (got {shown})")
+    return "; ".join(problems)
+
+
+def load_settings(params_file: Path | str | None, default_root: Path | None = None) -> Settings:
+    """Load and validate a params file.
+
+    ``params_file`` None means the built-in defaults, with relative paths under
+    ``default_root`` (required then).
+    """
+    if params_file is None:
+        if default_root is None:
+            raise ConfigError("no params file given and no project root to apply defaults to")
+        return Settings.from_mapping({}, default_root, None)
+    path = Path(params_file).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    return Settings.from_mapping(raw, path.parent, path)
