@@ -288,6 +288,38 @@ class Settings(_Section):
                 raise ValueError(f"{key} ({path}) must be inside the project folder {self.root}")
         return self
 
+    # ---- the catalog: every file the pipeline reads or writes, derived from config
+
+    @property
+    def lock_file(self) -> Path:
+        return self.paths.state_file.with_name(self.paths.state_file.name + ".lock")
+
+    @property
+    def processed_batches_dir(self) -> Path:
+        return self.data.processed_dir / "batches"
+
+    def processed_batch_file(self, batch_number: int) -> Path:
+        return self.processed_batches_dir / f"batch_{batch_number}.parquet"
+
+    @property
+    def training_data_file(self) -> Path:
+        """The merged training data of the latest run (DVC keeps every version)."""
+        return self.data.processed_dir / "training_data.parquet"
+
+    def model_file(self, batch_number: int) -> Path:
+        return self.paths.models_dir / f"batch_{batch_number}.joblib"
+
+    @property
+    def champion_model_file(self) -> Path:
+        return self.paths.models_dir / "champion.joblib"
+
+    def metrics_file(self, batch_number: int) -> Path:
+        return self.paths.metrics_dir / f"batch_{batch_number}.json"
+
+    @property
+    def latest_metrics_file(self) -> Path:
+        return self.paths.metrics_dir / "latest.json"
+
     @classmethod
     def from_mapping(
         cls, raw: dict[str, Any], root: Path, params_file: Path | None = None

@@ -1,0 +1,217 @@
+"""The retraining flow and its command line.
+
+    python flows/automated_training_flow.py [N] [--params PATH] [--force] [--debug]
+
+Exit codes: 0 trained, or nothing to do (no new data, all batches done, another run busy);
+1 the batch was rejected or the run failed; 2 bad arguments or params.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from retrain_pipeline.batch_manager import choose_batch, load_state, record_batch
+from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings
+from retrain_pipeline.data import data_summary
+from retrain_pipeline.data_tasks import (
+    BatchInput,
+    TrainingData,
+    load_batch,
+    prepare_project,
+    quarantine_batch,
+    validate_and_merge,
+    version_files,
+)
+from retrain_pipeline.errors import ConfigError, DataValidationError, PipelineError
+from retrain_pipeline.logs import DEBUG_ENV, quiet_pipeline_tracebacks
+from retrain_pipeline.model_tasks import (
+    connect_tracking,
+    evaluate,
+    load_champion,
+    log_run,
+    promote,
+    publish_report,
+    save_model,
+    train,
+    write_metrics,
+)
+from retrain_pipeline.reporting import training_report
+from retrain_pipeline.state import BatchRecord, PipelineBusyError, PipelineState, pipeline_lock, update_holder, utc_now
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
+
+Outcome = dict[str, Any]
+
+
+def _outcome(status: str, batch_number: int | None, message: str, **extra: Any) -> Outcome:
+    return {"status": status, "batch_number": batch_number, "message": message, **extra}
+
+
+def resolve_params(params_path: str | None) -> Path | None:
+    """The params file in use: the given one (relative to the project root), else the default."""
+    if params_path:
+        path = Path(params_path).expanduser()
+        return path if path.is_absolute() else PROJECT_ROOT / path
+    return DEFAULT_PARAMS if DEFAULT_PARAMS.is_file() else None
+
+
+@flow(name="automated-training")
+def automated_training_flow(
+    batch_number: int | None = None, params_path: str | None = None, force: bool = False
+) -> Outcome:
+    """Take the next (or the given) batch through validation, training, gating and versioning."""
+    if os.environ.get(DEBUG_ENV) != "1":
+        quiet_pipeline_tracebacks()
+    logger = get_run_logger()
+    settings = load_settings(resolve_params(params_path), default_root=PROJECT_ROOT)
+    logger.info("Params: %s; tracking: %s", settings.params_file or "built-in defaults", settings.mlflow.tracking_uri)
+    prepare_project(settings)
+    try:
+        with pipeline_lock(settings.lock_file, {"flow_run_id": flow_run.id}) as holder:
+            return _process_batch(settings, batch_number, force, holder)
+    except PipelineBusyError as exc:
+        logger.warning("Nothing done: %s", exc)
+        return _outcome("busy", batch_number, str(exc))
+
+
+def _process_batch(settings: Settings, requested: int | None, force: bool, holder: Path) -> Outcome:
+    logger = get_run_logger()
+    state = load_state(settings)
+    choice = choose_batch(settings, state, requested, force)
+    n = choice.batch_number
+    if n is None:
+        logger.info("Nothing to do: %s", choice.reason)
+        return _outcome("nothing_to_do", None, choice.reason)
+    update_holder(holder, {"batch": n})
+    logger.info("Processing batch %d (%s)", n, choice.reason)
+    started = utc_now()
+    batch: BatchInput | None = None
+    try:
+        batch = load_batch(settings, n)
+        if batch is None:
+            logger.info("Nothing to do: no data for batch %d yet", n)
+            return _outcome("nothing_to_do", n, f"no data for batch {n} yet")
+        training = validate_and_merge(settings, state, batch)
+    except DataValidationError as exc:
+        quarantine_batch(settings, exc, batch)
+        record = BatchRecord(status="rejected", started_at=started, finished_at=utc_now(), source=exc.file, error=str(exc))
+        record_batch(settings, state, n, record, state.champion_version)
+        raise
+    try:
+        committed = _train_and_commit(settings, state, batch, training, started)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        record = BatchRecord(status="failed", started_at=started, finished_at=utc_now(), source=batch.source, error=error)
+        record_batch(settings, state, n, record, state.champion_version)
+        raise
+    # The state file is the commit point; the alias follows it (and is repaired from it).
+    if committed.record.promoted:
+        promote(settings, committed.record.model_version, committed.model_file)
+    publish_report(committed.report, n)
+    return _outcome(
+        "completed", n, f"batch {n}: model v{committed.record.model_version} "
+        + ("promoted to champion" if committed.record.promoted else "not promoted"),
+        model_version=committed.record.model_version, promoted=committed.record.promoted,
+        metrics=committed.record.metrics,
+    )
+
+
+@dataclass(frozen=True)
+class _Committed:
+    record: BatchRecord
+    model_file: Path
+    report: str
+
+
+def _train_and_commit(
+    settings: Settings, state: PipelineState, batch: BatchInput, training: TrainingData, started: str
+) -> _Committed:
+    """Train, evaluate, version, log and record the batch as completed in the state file."""
+    n = batch.batch_number
+    experiment_id = connect_tracking(settings)
+    champion = load_champion(settings, state)
+    model = train(settings, training)
+    evaluation = evaluate(settings, model, champion, training)
+    model_file = save_model(settings, model, n)
+    md5 = version_files(settings, [training.file, model_file])
+    data_md5, model_md5 = md5[training.file], md5[model_file]
+    run_id = str(flow_run.id)
+    tags = {"batch_number": str(n), "data_md5": data_md5, "model_md5": model_md5, "prefect_flow_run_id": run_id}
+    logged = log_run(settings, experiment_id, trained=model, training=training, evaluation=evaluation, tags=tags)
+
+    previous = champion.version if champion else None
+    promoted = evaluation.decision.promote
+    summary = data_summary(training.merged, settings.data.target_column)
+    record = BatchRecord(
+        status="completed", started_at=started, finished_at=utc_now(), source=batch.source,
+        rows=training.rows, train_rows=summary.train_rows, holdout_rows=summary.holdout_rows,
+        training_rows_total=summary.rows, metrics=evaluation.metrics,
+        champion_metrics=evaluation.champion_metrics, champion_version_before=previous, promoted=promoted,
+        promotion_reason=evaluation.decision.reason, mlflow_run_id=logged.run_id, model_version=logged.model_version,
+        data_md5=data_md5, model_md5=model_md5, prefect_flow_run_id=run_id,
+    )
+    write_metrics(settings, n, {"batch_number": n, **record.model_dump(exclude={"status", "error"})})
+    record_batch(settings, state, n, record, logged.model_version if promoted else previous)
+    report = training_report(
+        batch_number=n, metrics=evaluation.metrics, champion_metrics=evaluation.champion_metrics,
+        champion_version=previous, new_version=logged.model_version, promoted=promoted,
+        reason=evaluation.decision.reason, primary_metric=settings.evaluation.primary_metric, summary=summary,
+    )
+    return _Committed(record, model_file, report)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _batch_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch number must be an integer, got {text!r}") from None
+    if not 1 <= value <= MAX_BATCH_NUMBER:
+        raise argparse.ArgumentTypeError(f"batch number must be between 1 and {MAX_BATCH_NUMBER}, got {value}")
+    return value
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="automated_training_flow.py",
+        description="Run the retraining flow once: the given batch N, or the next one.",
+    )
+    parser.add_argument("batch", nargs="?", type=_batch_number, help="batch number (default: the next batch)")
+    parser.add_argument("--params", help=f"params file (default: {DEFAULT_PARAMS})")
+    parser.add_argument("--force", action="store_true", help="retrain a batch that is already completed")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of pipeline errors")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"
+    params = str(Path(args.params).expanduser().resolve()) if args.params else None
+    try:
+        load_settings(resolve_params(params), default_root=PROJECT_ROOT)  # fail fast, before Prefect starts
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        outcome = automated_training_flow(batch_number=args.batch, params_path=params, force=args.force)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{outcome['status']}: {outcome['message']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

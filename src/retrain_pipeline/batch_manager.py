@@ -1,0 +1,69 @@
+"""Prefect tasks that manage batches: read the state, choose the batch, record the outcome.
+
+Thin wrappers over :mod:`retrain_pipeline.state`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from retrain_pipeline import state as state_store
+from retrain_pipeline.config import Settings
+from retrain_pipeline.errors import StateError
+from retrain_pipeline.state import BatchRecord, PipelineState
+
+
+@dataclass(frozen=True)
+class BatchChoice:
+    """The batch this run works on, or None with the reason there is nothing to do."""
+
+    batch_number: int | None
+    reason: str
+
+
+@task(name="load-state", cache_policy=NO_CACHE)
+def load_state(settings: Settings) -> PipelineState:
+    return state_store.load_state(settings.paths.state_file)
+
+
+@task(name="choose-batch", cache_policy=NO_CACHE)
+def choose_batch(
+    settings: Settings, state: PipelineState, requested: int | None, force: bool
+) -> BatchChoice:
+    """The requested batch, or the next one; refuses a completed batch unless forced."""
+    max_batches = settings.automation.max_batches
+    if requested is None:
+        number = state_store.next_batch_number(state)
+        if number > max_batches:
+            return BatchChoice(None, f"all {max_batches} batches are done (automation.max_batches)")
+        return BatchChoice(number, f"next batch after {state.last_batch or 'none'}")
+    if requested > max_batches:
+        raise StateError(
+            f"batch {requested} is beyond automation.max_batches={max_batches} "
+            f"({settings.params_file or 'defaults'})"
+        )
+    state_store.check_may_run(state, requested, force=force)
+    return BatchChoice(requested, "requested" + (" with --force" if force else ""))
+
+
+@task(name="record-batch", cache_policy=NO_CACHE)
+def record_batch(
+    settings: Settings,
+    state: PipelineState,
+    batch_number: int,
+    record: BatchRecord,
+    champion_version: str | None,
+) -> PipelineState:
+    """Write the batch's record into ``batch_state.json`` atomically; returns the new state."""
+    previous = state.record(batch_number)
+    if previous is not None:
+        record = record.model_copy(update={"attempts": previous.attempts + 1})
+    new_state = state.with_batch(batch_number, record, champion_version)
+    state_store.save_state(settings.paths.state_file, new_state)
+    get_run_logger().info(
+        "Recorded batch %d as %s in %s", batch_number, record.status, settings.paths.state_file
+    )
+    return new_state

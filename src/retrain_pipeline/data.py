@@ -1,0 +1,297 @@
+"""Plain data functions: find and read a batch, validate it, split it, merge history.
+
+Nothing here imports Prefect, MLflow or DVC. Functions that touch files say so in their
+name (``read_*``, ``write_*``, ``find_*``); the others take and return DataFrames and never
+modify their inputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaErrors
+from sklearn.model_selection import train_test_split
+
+from retrain_pipeline.errors import DataValidationError
+from retrain_pipeline.fileio import atomic_path
+
+logger = logging.getLogger(__name__)
+
+SPLIT_COLUMN = "__split__"
+TRAIN, HOLDOUT = "train", "holdout"
+LANDING_SUFFIXES = (".csv", ".parquet")
+_SNIFF_BYTES = 64 * 1024
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def breast_cancer_dataset(seed: int, target_column: str) -> pd.DataFrame:
+    """The bundled scikit-learn breast-cancer data, snake_case columns, shuffled with ``seed``."""
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer(as_frame=True)
+    frame = bunch.frame.rename(columns=lambda c: re.sub(r"\W+", "_", str(c)).strip("_").lower())
+    frame = frame.rename(columns={"target": target_column})
+    return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def slice_batch(raw: pd.DataFrame, batch_number: int, batch_size: int) -> pd.DataFrame | None:
+    """Rows ``(N-1)*batch_size .. N*batch_size-1`` of ``raw``; None when none exist yet."""
+    start = (batch_number - 1) * batch_size
+    if start >= len(raw):
+        return None
+    return raw.iloc[start : start + batch_size].reset_index(drop=True)
+
+
+def find_landing_file(landing_dir: Path, batch_number: int) -> Path | None:
+    """The landing file of a batch (``batch_<N>.csv`` or ``.parquet``), or None if absent.
+
+    Raises DataValidationError when both formats exist, when the entry is not a regular
+    file, or when it is a symlink that points outside the landing folder.
+    """
+    candidates = [landing_dir / f"batch_{batch_number}{suffix}" for suffix in LANDING_SUFFIXES]
+    present = [path for path in candidates if path.exists() or path.is_symlink()]
+    if not present:
+        return None
+    if len(present) > 1:
+        names = " and ".join(path.name for path in present)
+        raise DataValidationError(batch_number, str(present[0]), f"ambiguous: both {names} exist")
+    path = present[0]
+    resolved = path.resolve()
+    if not resolved.is_relative_to(landing_dir.resolve()):
+        raise DataValidationError(
+            batch_number, str(path), f"symlink points outside the landing folder (to {resolved})"
+        )
+    if not resolved.is_file():
+        kind = "a directory" if resolved.is_dir() else "not a regular file"
+        raise DataValidationError(batch_number, str(path), f"is {kind}")
+    return path
+
+
+def read_batch_file(path: Path, batch_number: int) -> pd.DataFrame:
+    """Read a landing file into a DataFrame, turning every parse problem into a clear error."""
+    if path.suffix == ".parquet":
+        return _read_parquet(path, batch_number)
+    return _read_csv(path, batch_number)
+
+
+def _read_parquet(path: Path, batch_number: int) -> pd.DataFrame:
+    import pyarrow
+
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError, pyarrow.ArrowException) as exc:
+        raise DataValidationError(batch_number, str(path), f"not a readable Parquet file ({exc})") from exc
+    _reject_duplicate_columns([str(c) for c in frame.columns], batch_number, path)
+    return frame
+
+
+def _read_csv(path: Path, batch_number: int) -> pd.DataFrame:
+    reject = partial(DataValidationError, batch_number, str(path))
+    payload = path.read_bytes()
+    if not payload.strip():
+        raise reject("file is empty")
+    if b"\x00" in payload[:_SNIFF_BYTES]:
+        raise reject("binary content (NUL bytes), not CSV text")
+    try:
+        text = payload.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise reject(f"not valid UTF-8 text (byte {payload[exc.start]:#04x} at offset {exc.start})") from exc
+    header = next(csv.reader(io.StringIO(text)), [])
+    _reject_duplicate_columns(header, batch_number, path)
+    if len(header) == 1:
+        for delimiter in (";", "\t", "|"):
+            if delimiter in header[0]:
+                raise reject(f"header has one column and contains {delimiter!r}: CSV must use ','")
+    try:
+        frame = pd.read_csv(io.StringIO(text), low_memory=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise reject(f"malformed CSV ({' '.join(str(exc).split())})") from exc
+    return frame
+
+
+def _reject_duplicate_columns(columns: Sequence[str], batch_number: int, path: Path) -> None:
+    duplicates = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicates:
+        raise DataValidationError(batch_number, str(path), f"duplicate column name(s) {duplicates}")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def build_schema(
+    feature_columns: Sequence[str],
+    target_column: str,
+    classes: Sequence[int | str],
+    *,
+    allow_missing_values: bool,
+    max_abs_value: float | None,
+) -> pa.DataFrameSchema:
+    """The pandera schema every batch must satisfy."""
+    feature_checks = [
+        pa.Check(lambda s: s.notna().any(), element_wise=False, ignore_na=False,
+                 name="not_all_missing", error="column has no values (all missing)"),
+        pa.Check(lambda s: np.isfinite(s), name="finite", error="infinite value"),
+    ]
+    if max_abs_value is not None:
+        feature_checks.append(
+            pa.Check(lambda s: s.abs() <= max_abs_value, name=f"abs_at_most_{max_abs_value:g}",
+                     error=f"absolute value above data.max_abs_value={max_abs_value:g}")
+        )
+    columns = {
+        name: pa.Column(float, checks=feature_checks, nullable=allow_missing_values, coerce=True)
+        for name in feature_columns
+    }
+    label_type = int if isinstance(classes[0], int) else str
+    columns[target_column] = pa.Column(
+        label_type, checks=pa.Check.isin(list(classes)), nullable=False, coerce=True
+    )
+    return pa.DataFrameSchema(columns, strict=True, ordered=False, coerce=True)
+
+
+def validate_batch(
+    frame: pd.DataFrame, schema: pa.DataFrameSchema, *, batch_number: int, file: str
+) -> pd.DataFrame:
+    """Return the batch coerced to the schema, columns in schema order, or raise."""
+    if frame.empty:
+        raise DataValidationError(batch_number, file, "no data rows (header only)")
+    try:
+        valid = schema.validate(frame, lazy=True)
+    except SchemaErrors as exc:
+        raise DataValidationError(batch_number, file, describe_schema_errors(exc.failure_cases)) from exc
+    return valid[list(schema.columns)].reset_index(drop=True)
+
+
+def describe_schema_errors(failures: pd.DataFrame, examples: int = 3) -> str:
+    """Summarise pandera's failure cases as one line: column, problem, example values."""
+    problems: list[str] = []
+    missing = failures.loc[failures["check"] == "column_in_dataframe", "failure_case"]
+    if len(missing):
+        problems.append(f"missing column(s) {sorted(map(str, missing))}")
+    extra = failures.loc[failures["check"] == "column_in_schema", "failure_case"]
+    if len(extra):
+        problems.append(f"unexpected column(s) {sorted(map(str, extra))}")
+    per_column = failures[failures["column"].notna()]
+    per_column = per_column[~per_column["check"].astype(str).str.startswith("dtype(")]
+    for (column, check), group in per_column.groupby(["column", "check"], sort=False):
+        problems.append(f"column {column!r}: {_check_label(str(check))} {_examples(group, examples)}")
+    return "; ".join(problems) or "failed schema validation"
+
+
+def _check_label(check: str) -> str:
+    if check.startswith("coerce_dtype"):
+        return "wrong type, value(s) cannot be converted"
+    if check == "not_nullable":
+        return "missing value(s)"
+    if check.startswith("isin("):
+        return f"unknown label(s), expected one of {check[len('isin('):-1]}"
+    return check
+
+
+def _examples(group: pd.DataFrame, limit: int) -> str:
+    shown = []
+    for case, index in zip(group["failure_case"].head(limit), group["index"].head(limit), strict=True):
+        where = f" at row {int(index) + 1}" if pd.notna(index) else ""
+        shown.append(f"{case!r}{where}")
+    more = f" and {len(group) - limit} more" if len(group) > limit else ""
+    return f"({', '.join(shown)}{more})"
+
+
+def require_classes(targets: pd.Series, classes: Iterable[int | str], *, batch_number: int, file: str) -> None:
+    """Reject the batch when the cumulative training targets lack one of the classes."""
+    absent = [label for label in classes if not (targets == label).any()]
+    if absent:
+        raise DataValidationError(
+            batch_number, file,
+            f"training data up to this batch would lack class(es) {absent}: both classes are required",
+        )
+
+
+# --------------------------------------------------------------------------- split and merge
+
+
+def split_batch(
+    frame: pd.DataFrame, *, target_column: str, holdout_fraction: float, seed: int, batch_number: int
+) -> pd.DataFrame:
+    """Copy of ``frame`` with a ``__split__`` column (train/holdout), seeded per batch.
+
+    Stratified by the target when every class has at least two rows.
+    """
+    split = pd.Series(TRAIN, index=frame.index)
+    if len(frame) >= 2:
+        n_holdout = min(max(1, round(len(frame) * holdout_fraction)), len(frame) - 1)
+        labels = frame[target_column]
+        counts = labels.value_counts()
+        n_classes = len(counts)
+        can_stratify = (
+            counts.min() >= 2 and n_holdout >= n_classes and len(frame) - n_holdout >= n_classes
+        )
+        stratify = labels if can_stratify else None
+        _, holdout_index = train_test_split(
+            frame.index, test_size=n_holdout, random_state=seed + batch_number, stratify=stratify
+        )
+        split.loc[holdout_index] = HOLDOUT
+    return frame.assign(**{SPLIT_COLUMN: split})
+
+
+def merge_batches(batches: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate split batches (oldest first) into one training table."""
+    if not batches:
+        raise ValueError("merge_batches needs at least one batch")
+    return pd.concat(batches, ignore_index=True)
+
+
+def features_and_target(
+    frame: pd.DataFrame, target_column: str, part: str | None = None
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Features and target of a merged table, optionally only its ``train`` or ``holdout`` part."""
+    if part is not None:
+        frame = frame[frame[SPLIT_COLUMN] == part]
+    features = frame.drop(columns=[target_column, SPLIT_COLUMN], errors="ignore")
+    return features, frame[target_column]
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    rows: int
+    train_rows: int
+    holdout_rows: int
+    class_counts: dict[str, int]
+
+
+def data_summary(frame: pd.DataFrame, target_column: str) -> DataSummary:
+    """Row counts and class balance of a merged table, for reports."""
+    counts = frame[SPLIT_COLUMN].value_counts()
+    balance = frame[target_column].value_counts().sort_index()
+    return DataSummary(
+        rows=len(frame),
+        train_rows=int(counts.get(TRAIN, 0)),
+        holdout_rows=int(counts.get(HOLDOUT, 0)),
+        class_counts={str(label): int(n) for label, n in balance.items()},
+    )
+
+
+# --------------------------------------------------------------------------- file helpers
+
+
+def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` as Parquet, atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` as CSV, atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)

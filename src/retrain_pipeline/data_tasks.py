@@ -1,0 +1,150 @@
+"""Prefect tasks for data: set up, load, validate and merge a batch, quarantine, version.
+
+Thin wrappers: the logic lives in :mod:`retrain_pipeline.data`, ``project`` and ``versioning``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from retrain_pipeline import data, project, versioning
+from retrain_pipeline.config import Settings
+from retrain_pipeline.errors import DataValidationError, StateError
+from retrain_pipeline.fileio import write_text_atomic
+from retrain_pipeline.state import PipelineState, utc_now
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    """A batch as it arrived: where it came from and its raw rows."""
+
+    batch_number: int
+    source: str
+    path: Path | None
+    frame: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The validated batch merged with every earlier accepted batch."""
+
+    batch_number: int
+    rows: int
+    merged: pd.DataFrame
+    accepted_batches: tuple[int, ...]
+    file: Path
+
+
+@task(name="prepare-project", cache_policy=NO_CACHE)
+def prepare_project(settings: Settings) -> None:
+    project.prepare_project(settings)
+
+
+@task(name="load-batch", cache_policy=NO_CACHE)
+def load_batch(settings: Settings, batch_number: int) -> BatchInput | None:
+    """The batch's rows, or None when its data has not arrived."""
+    cfg = settings.data
+    if cfg.source == "sliced":
+        raw = pd.read_csv(cfg.raw_file)
+        frame = data.slice_batch(raw, batch_number, cfg.batch_size)
+        if frame is None:
+            return None
+        first = (batch_number - 1) * cfg.batch_size
+        source = f"{cfg.raw_file} rows {first}-{first + len(frame) - 1}"
+        return BatchInput(batch_number, source, None, frame)
+    path = data.find_landing_file(cfg.landing_dir, batch_number)
+    if path is None:
+        return None
+    return BatchInput(batch_number, str(path), path, data.read_batch_file(path, batch_number))
+
+
+@task(name="validate-and-merge", cache_policy=NO_CACHE)
+def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInput) -> TrainingData:
+    """Validate the batch, split it, merge it with earlier accepted batches and save both."""
+    cfg, n = settings.data, batch.batch_number
+    earlier = [k for k in state.accepted_batches(up_to=n) if k != n]
+    features = _expected_features(settings, earlier, batch.frame)
+    schema = data.build_schema(
+        features, cfg.target_column, cfg.classes,
+        allow_missing_values=cfg.allow_missing_values, max_abs_value=cfg.max_abs_value,
+    )
+    valid = data.validate_batch(batch.frame, schema, batch_number=n, file=batch.source)
+    split = data.split_batch(
+        valid, target_column=cfg.target_column, holdout_fraction=settings.evaluation.holdout_fraction,
+        seed=settings.evaluation.split_seed, batch_number=n,
+    )
+    merged = data.merge_batches([*(_read_processed(settings, k, split.columns) for k in earlier), split])
+    _, train_target = data.features_and_target(merged, cfg.target_column, data.TRAIN)
+    data.require_classes(train_target, cfg.classes, batch_number=n, file=batch.source)
+    data.write_parquet_atomic(split, settings.processed_batch_file(n))
+    data.write_parquet_atomic(merged, settings.training_data_file)
+    return TrainingData(n, len(valid), merged, (*earlier, n), settings.training_data_file)
+
+
+def _expected_features(settings: Settings, earlier: list[int], frame: pd.DataFrame) -> list[str]:
+    """Declared features, else those of the first accepted batch, else this batch's columns."""
+    target = settings.data.target_column
+    if settings.data.feature_columns:
+        return list(settings.data.feature_columns)
+    if earlier:
+        names = pq.read_schema(_processed_path(settings, earlier[0])).names
+    else:
+        names = [str(c) for c in frame.columns]
+    return [c for c in names if c not in (target, data.SPLIT_COLUMN)]
+
+
+def _processed_path(settings: Settings, batch_number: int) -> Path:
+    path = settings.processed_batch_file(batch_number)
+    if not path.is_file():
+        raise StateError(
+            f"processed data of accepted batch {batch_number} is missing ({path}); "
+            f"restore it (dvc checkout) or retrain batch {batch_number} with --force"
+        )
+    return path
+
+
+def _read_processed(settings: Settings, batch_number: int, columns: pd.Index) -> pd.DataFrame:
+    frame = pd.read_parquet(_processed_path(settings, batch_number))
+    if list(frame.columns) != list(columns):
+        raise StateError(
+            f"accepted batch {batch_number} has columns {list(frame.columns)} but the current "
+            f"schema is {list(columns)}; the feature set changed between batches"
+        )
+    return frame
+
+
+@task(name="quarantine-batch", cache_policy=NO_CACHE)
+def quarantine_batch(settings: Settings, error: DataValidationError, batch: BatchInput | None) -> Path | None:
+    """Copy the rejected file (or the rejected rows) to the quarantine folder with its reason.
+
+    Only regular files inside the landing folder are copied; a symlink pointing elsewhere
+    or a directory is recorded but never followed.
+    """
+    folder = settings.data.quarantine_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = utc_now().replace(":", "").replace("-", "")
+    source = Path(error.file)
+    landing = settings.data.landing_dir.resolve()
+    target: Path | None = None
+    if batch is not None and batch.path is None:
+        target = folder / f"batch_{error.batch_number}.{stamp}.csv"
+        data.write_csv_atomic(batch.frame, target)
+    elif source.is_file() and source.resolve().is_relative_to(landing):
+        target = folder / f"{source.stem}.{stamp}{source.suffix}"
+        shutil.copy2(source.resolve(), target)
+    reason_file = folder / f"batch_{error.batch_number}.{stamp}.reason.txt"
+    write_text_atomic(reason_file, str(error) + "\n")
+    return target
+
+
+@task(name="version-with-dvc", cache_policy=NO_CACHE)
+def version_files(settings: Settings, paths: list[Path]) -> dict[Path, str]:
+    """Track files with DVC; returns their md5s."""
+    return versioning.track(settings.root, paths)

@@ -1,0 +1,33 @@
+"""Logging helpers: expected pipeline errors are reported as one line, not a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from retrain_pipeline.errors import PipelineError
+
+DEBUG_ENV = "RETRAIN_DEBUG"
+_ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "prefect.engine")
+
+
+class DropPipelineTracebacks(logging.Filter):
+    """Strip the traceback from records about a :class:`PipelineError`.
+
+    Prefect logs every task or flow exception with its traceback. A rejected batch or an
+    unreachable server is an expected outcome whose message already names the file,
+    batch or URI, so the traceback only hides it. Unexpected exceptions keep theirs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PipelineError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_pipeline_tracebacks() -> None:
+    """Install :class:`DropPipelineTracebacks` on Prefect's run loggers (idempotent)."""
+    for name in _ENGINE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropPipelineTracebacks) for f in logger.filters):
+            logger.addFilter(DropPipelineTracebacks())

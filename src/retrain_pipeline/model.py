@@ -1,0 +1,100 @@
+"""Plain model functions: build the scikit-learn Pipeline, train, evaluate, decide promotion.
+
+No file I/O and no Prefect or MLflow here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.base import ClassifierMixin
+from sklearn.impute import SimpleImputer
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from retrain_pipeline.config import ModelConfig, estimator_class
+
+Metrics = dict[str, float | None]
+
+
+def build_pipeline(config: ModelConfig) -> Pipeline:
+    """Imputation, optional scaling and the configured estimator, in one Pipeline."""
+    estimator = estimator_class(config.estimator)(**config.hyperparameters)
+    if "random_state" in estimator.get_params():
+        estimator.set_params(random_state=config.random_state)
+    steps: list[tuple[str, object]] = [("impute", SimpleImputer(strategy=config.impute_strategy))]
+    if config.scale_features:
+        steps.append(("scale", StandardScaler()))
+    steps.append(("model", estimator))
+    return Pipeline(steps)
+
+
+def train_model(config: ModelConfig, features: pd.DataFrame, target: pd.Series) -> Pipeline:
+    """A fitted Pipeline for ``features`` -> ``target``."""
+    return build_pipeline(config).fit(features, target)
+
+
+def evaluate_model(
+    model: ClassifierMixin, features: pd.DataFrame, target: pd.Series, positive_label: int | str
+) -> Metrics:
+    """Accuracy, precision, recall, F1 and ROC AUC (None when undefined: one class only)."""
+    predicted = model.predict(features)  # type: ignore[attr-defined]
+    binary = {"pos_label": positive_label, "zero_division": 0}
+    metrics: Metrics = {
+        "accuracy": float(accuracy_score(target, predicted)),
+        "precision": float(precision_score(target, predicted, **binary)),  # type: ignore[arg-type]
+        "recall": float(recall_score(target, predicted, **binary)),  # type: ignore[arg-type]
+        "f1": float(f1_score(target, predicted, **binary)),  # type: ignore[arg-type]
+        "roc_auc": None,
+    }
+    if target.nunique() == 2:
+        metrics["roc_auc"] = float(roc_auc_score(target == positive_label, _scores(model, features, positive_label)))
+    return metrics
+
+
+def _scores(model: ClassifierMixin, features: pd.DataFrame, positive_label: int | str) -> np.ndarray:
+    """Scores for the positive class: probabilities when available, else decision values."""
+    if hasattr(model, "predict_proba"):
+        column = list(model.classes_).index(positive_label)  # type: ignore[attr-defined]
+        return np.asarray(model.predict_proba(features)[:, column])
+    decision = np.asarray(model.decision_function(features))  # type: ignore[attr-defined]
+    return decision if model.classes_[1] == positive_label else -decision  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+
+
+def decide_promotion(
+    new: Mapping[str, float | None],
+    champion: Mapping[str, float | None] | None,
+    metric: str,
+    tolerance: float,
+) -> PromotionDecision:
+    """Promote when ``new[metric] >= champion[metric] - tolerance``; always without a champion."""
+    if champion is None:
+        return PromotionDecision(True, "first model: no champion yet")
+    new_score, champion_score = new.get(metric), champion.get(metric)
+    if champion_score is None or _undefined(champion_score):
+        return PromotionDecision(True, f"champion {metric} is undefined on this holdout")
+    if new_score is None or _undefined(new_score):
+        return PromotionDecision(False, f"new model {metric} is undefined on this holdout")
+    threshold = champion_score - tolerance
+    if new_score >= threshold:
+        return PromotionDecision(
+            True, f"{metric} {new_score:.4f} >= champion {champion_score:.4f} - tolerance {tolerance:g}"
+        )
+    return PromotionDecision(
+        False, f"{metric} {new_score:.4f} < champion {champion_score:.4f} - tolerance {tolerance:g}"
+    )
+
+
+def _undefined(value: float) -> bool:
+    return math.isnan(value)

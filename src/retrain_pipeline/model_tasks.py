@@ -1,0 +1,171 @@
+"""Prefect tasks for models: champion, training, evaluation, MLflow logging and promotion.
+
+Thin wrappers: the logic lives in :mod:`retrain_pipeline.model` and ``tracking``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from sklearn.pipeline import Pipeline
+
+from retrain_pipeline import model, tracking
+from retrain_pipeline.config import Settings
+from retrain_pipeline.data import TRAIN, HOLDOUT, features_and_target
+from retrain_pipeline.data_tasks import TrainingData
+from retrain_pipeline.fileio import atomic_path, write_text_atomic
+from retrain_pipeline.state import PipelineState
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: str
+    model: Any
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: model.Metrics
+    champion_metrics: model.Metrics | None
+    decision: model.PromotionDecision
+
+
+@task(name="connect-mlflow", cache_policy=NO_CACHE)
+def connect_tracking(settings: Settings) -> str:
+    """Point MLflow at the configured store; returns the experiment id."""
+    return tracking.connect(settings.mlflow)
+
+
+@task(name="load-champion", cache_policy=NO_CACHE)
+def load_champion(settings: Settings, state: PipelineState) -> Champion | None:
+    """The current champion from the registry.
+
+    ``batch_state.json`` is the commit point: if a run stopped after recording a promotion
+    but before moving the alias, the alias is moved to the recorded champion first.
+    """
+    logger = get_run_logger()
+    version = tracking.champion_version(settings.mlflow)
+    if state.champion_version is not None and version != state.champion_version:
+        logger.warning(
+            "MLflow alias '%s' is at %s but %s records champion v%s; restoring the recorded one",
+            tracking.CHAMPION_ALIAS, version, settings.paths.state_file.name, state.champion_version,
+        )
+        tracking.set_champion(settings.mlflow, state.champion_version)
+        version = state.champion_version
+    if version is None:
+        return None
+    return Champion(version, tracking.load_version(settings.mlflow, version))
+
+
+@task(name="train-model", cache_policy=NO_CACHE)
+def train(settings: Settings, training: TrainingData) -> Pipeline:
+    features, target = features_and_target(training.merged, settings.data.target_column, TRAIN)
+    return model.train_model(settings.model, features, target)
+
+
+@task(name="evaluate-models", cache_policy=NO_CACHE)
+def evaluate(
+    settings: Settings, trained: Pipeline, champion: Champion | None, training: TrainingData
+) -> Evaluation:
+    """Score the new model and the champion on the same holdout; decide promotion."""
+    logger = get_run_logger()
+    features, target = features_and_target(training.merged, settings.data.target_column, HOLDOUT)
+    positive = settings.data.classes[1]
+    metrics = model.evaluate_model(trained, features, target, positive)
+    champion_metrics = None
+    if champion is not None:
+        try:
+            champion_metrics = model.evaluate_model(champion.model, features, target, positive)
+        except ValueError as exc:  # e.g. the champion was trained on other feature columns
+            logger.warning("Champion v%s cannot score the current holdout: %s", champion.version, exc)
+    cfg = settings.evaluation
+    decision = model.decide_promotion(metrics, champion_metrics, cfg.primary_metric, cfg.promotion_tolerance)
+    if champion is not None and champion_metrics is None:
+        decision = model.PromotionDecision(True, f"champion v{champion.version} cannot score this data")
+    logger.info("%s=%s; decision: %s", cfg.primary_metric, metrics.get(cfg.primary_metric), decision.reason)
+    return Evaluation(metrics, champion_metrics, decision)
+
+
+@task(name="save-model", cache_policy=NO_CACHE)
+def save_model(settings: Settings, trained: Pipeline, batch_number: int) -> Path:
+    """Write the model of this batch to ``models/batch_<N>.joblib`` atomically."""
+    path = settings.model_file(batch_number)
+    with atomic_path(path) as tmp:
+        joblib.dump(trained, tmp)
+    return path
+
+
+@task(name="log-to-mlflow", cache_policy=NO_CACHE)
+def log_run(
+    settings: Settings,
+    experiment_id: str,
+    *,
+    trained: Pipeline,
+    training: TrainingData,
+    evaluation: Evaluation,
+    tags: dict[str, str],
+) -> tracking.LoggedModel:
+    """One MLflow run for this attempt: tags, params, metrics, model; registers a version."""
+    cfg = settings
+    features, _ = features_and_target(training.merged, cfg.data.target_column, TRAIN)
+    params: dict[str, Any] = {
+        "batch_number": training.batch_number,
+        "estimator": cfg.model.estimator,
+        "random_state": cfg.model.random_state,
+        "impute_strategy": cfg.model.impute_strategy,
+        "scale_features": cfg.model.scale_features,
+        "batch_rows": training.rows,
+        "training_rows_total": len(training.merged),
+        "train_rows": len(features),
+        "holdout_rows": len(training.merged) - len(features),
+        "accepted_batches": ",".join(map(str, training.accepted_batches)),
+        "holdout_fraction": cfg.evaluation.holdout_fraction,
+        "primary_metric": cfg.evaluation.primary_metric,
+        "promotion_tolerance": cfg.evaluation.promotion_tolerance,
+        **{f"model__{key}": value for key, value in cfg.model.hyperparameters.items()},
+    }
+    metrics = {
+        **evaluation.metrics,
+        **{f"champion_{k}": v for k, v in (evaluation.champion_metrics or {}).items()},
+        "promoted": float(evaluation.decision.promote),
+    }
+    return tracking.log_training_run(
+        cfg.mlflow, experiment_id,
+        run_name=f"batch-{training.batch_number}",
+        tags={**tags, "promotion_decision": evaluation.decision.reason},
+        params=params, metrics=metrics, model=trained,
+        input_example=features.head(5),
+    )
+
+
+@task(name="promote-champion", cache_policy=NO_CACHE)
+def promote(settings: Settings, version: str, model_file: Path) -> None:
+    """Move the ``champion`` alias to ``version`` and copy its file to ``models/champion.joblib``."""
+    tracking.set_champion(settings.mlflow, version)
+    with atomic_path(settings.champion_model_file) as tmp:
+        shutil.copyfile(model_file, tmp)
+
+
+@task(name="write-metrics", cache_policy=NO_CACHE)
+def write_metrics(settings: Settings, batch_number: int, payload: dict[str, Any]) -> Path:
+    """``metrics/batch_<N>.json`` and ``metrics/latest.json``."""
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    path = settings.metrics_file(batch_number)
+    write_text_atomic(path, text)
+    write_text_atomic(settings.latest_metrics_file, text)
+    return path
+
+
+@task(name="publish-report", cache_policy=NO_CACHE)
+def publish_report(report: str, batch_number: int) -> None:
+    create_markdown_artifact(
+        markdown=report, key="training-report", description=f"Batch {batch_number} training report"
+    )

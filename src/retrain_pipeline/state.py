@@ -1,0 +1,238 @@
+"""``batch_state.json``: its schema, atomic load/save, batch selection and the run lock.
+
+The state file is the pipeline's commit point: a batch counts as completed only once its
+record is written here, and the file is always replaced atomically, so after any crash it
+holds either the previous state or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import filelock
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from retrain_pipeline.errors import StateError
+from retrain_pipeline.fileio import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+BatchStatus = Literal["completed", "rejected", "failed"]
+
+
+def utc_now() -> str:
+    """The current time as an ISO 8601 UTC timestamp (seconds)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class BatchRecord(BaseModel):
+    """What happened to one batch (its latest attempt)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: BatchStatus
+    started_at: str
+    finished_at: str | None = None
+    attempts: int = Field(default=1, ge=1)
+    source: str | None = None
+    rows: int | None = Field(default=None, ge=0)
+    train_rows: int | None = Field(default=None, ge=0)
+    holdout_rows: int | None = Field(default=None, ge=0)
+    training_rows_total: int | None = Field(default=None, ge=0)
+    metrics: dict[str, float | None] | None = None
+    champion_metrics: dict[str, float | None] | None = None
+    champion_version_before: str | None = None
+    promoted: bool | None = None
+    promotion_reason: str | None = None
+    mlflow_run_id: str | None = None
+    model_version: str | None = None
+    data_md5: str | None = None
+    model_md5: str | None = None
+    prefect_flow_run_id: str | None = None
+    error: str | None = None
+
+
+class PipelineState(BaseModel):
+    """The whole state file. ``processed_batches`` and ``last_batch`` derive from ``batches``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    processed_batches: list[int] = Field(default_factory=list)
+    last_batch: int | None = None
+    champion_version: str | None = None
+    batches: dict[str, BatchRecord] = Field(default_factory=dict)
+
+    @field_validator("batches")
+    @classmethod
+    def _keys_are_batch_numbers(cls, value: dict[str, BatchRecord]) -> dict[str, BatchRecord]:
+        for key in value:
+            if not key.isdigit() or int(key) < 1:
+                raise ValueError(f"batch key {key!r} is not a positive integer")
+        return value
+
+    @model_validator(mode="after")
+    def _derived_fields_agree(self) -> PipelineState:
+        if self.processed_batches != _completed(self.batches):
+            raise ValueError(
+                f"processed_batches {self.processed_batches} does not match the completed "
+                f"batches {_completed(self.batches)}"
+            )
+        if self.last_batch != _last_finished(self.batches):
+            raise ValueError(
+                f"last_batch {self.last_batch} does not match the batches recorded "
+                f"(expected {_last_finished(self.batches)})"
+            )
+        return self
+
+    def record(self, batch_number: int) -> BatchRecord | None:
+        return self.batches.get(str(batch_number))
+
+    def with_batch(
+        self, batch_number: int, record: BatchRecord, champion_version: str | None
+    ) -> PipelineState:
+        """A new state with ``record`` for the batch and the given champion."""
+        batches = {**self.batches, str(batch_number): record}
+        batches = dict(sorted(batches.items(), key=lambda item: int(item[0])))
+        return PipelineState(
+            processed_batches=_completed(batches),
+            last_batch=_last_finished(batches),
+            champion_version=champion_version,
+            batches=batches,
+        )
+
+    def accepted_batches(self, up_to: int) -> list[int]:
+        """Completed batches numbered ``<= up_to``, oldest first."""
+        return [n for n in self.processed_batches if n <= up_to]
+
+
+def _completed(batches: dict[str, BatchRecord]) -> list[int]:
+    return sorted(int(k) for k, r in batches.items() if r.status == "completed")
+
+
+def _last_finished(batches: dict[str, BatchRecord]) -> int | None:
+    done = [int(k) for k, r in batches.items() if r.status in ("completed", "rejected")]
+    return max(done) if done else None
+
+
+# --------------------------------------------------------------------------- file I/O
+
+
+def load_state(path: Path) -> PipelineState:
+    """Read the state file; a missing file is an empty state, a bad one a StateError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return PipelineState()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateError(f"{path}: cannot read state file: {exc}") from exc
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StateError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            "fix it or rebuild it from MLflow; it was left untouched"
+        ) from exc
+    if isinstance(raw, dict) and raw.get("schema_version") != SCHEMA_VERSION:
+        raise StateError(
+            f"{path}: unsupported schema_version {raw.get('schema_version')!r} "
+            f"(this version reads {SCHEMA_VERSION}); it was left untouched"
+        )
+    try:
+        return PipelineState.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise StateError(f"{path}: invalid state file: {problems}; it was left untouched") from exc
+
+
+def save_state(path: Path, state: PipelineState) -> None:
+    """Replace the state file atomically (temp file, fsync, os.replace)."""
+    write_text_atomic(path, state.model_dump_json(indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- batch selection
+
+
+def next_batch_number(state: PipelineState) -> int:
+    """The batch an automatic run takes: one past the last completed or rejected batch."""
+    return (state.last_batch or 0) + 1
+
+
+def check_may_run(state: PipelineState, batch_number: int, *, force: bool) -> None:
+    """Refuse to redo a completed batch unless forced."""
+    record = state.record(batch_number)
+    if record is not None and record.status == "completed" and not force:
+        raise StateError(
+            f"batch {batch_number} is already completed (model version {record.model_version}); "
+            "use --force to retrain it"
+        )
+
+
+# --------------------------------------------------------------------------- run lock
+
+
+class PipelineBusyError(StateError):
+    """Another run holds the pipeline lock."""
+
+
+@contextmanager
+def pipeline_lock(lock_file: Path, holder: dict[str, object]) -> Iterator[Path]:
+    """Hold the cross-process pipeline lock for the whole run, or raise PipelineBusyError.
+
+    The lock is an OS file lock (``flock``): the kernel releases it when its process dies,
+    so a run killed with SIGKILL never leaves a stale lock behind. A sidecar JSON file
+    names the holder so that a refused run can say who is busy with what; it yields that
+    path so the holder can add the batch it picks.
+    """
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(lock_file, timeout=0, thread_local=False)
+    info_file = lock_file.with_name(lock_file.name + ".holder.json")
+    try:
+        lock.acquire()
+    except filelock.Timeout as exc:
+        raise PipelineBusyError(f"another run is in progress: {describe_holder(info_file)}") from exc
+    try:
+        update_holder(info_file, {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(), **holder})
+        yield info_file
+    finally:
+        info_file.unlink(missing_ok=True)
+        lock.release()
+
+
+def update_holder(info_file: Path, info: dict[str, object]) -> None:
+    """Merge ``info`` into the lock holder's sidecar file."""
+    current = _read_holder(info_file) or {}
+    write_text_atomic(info_file, json.dumps({**current, **info}))
+
+
+def describe_holder(info_file: Path) -> str:
+    info = _read_holder(info_file)
+    if not info:
+        return "holder unknown (it is starting or finishing)"
+    parts = [f"pid {info.get('pid')}"]
+    if info.get("flow_run_id"):
+        parts.append(f"flow run {info['flow_run_id']}")
+    if info.get("batch") is not None:
+        parts.append(f"batch {info['batch']}")
+    parts.append(f"since {info.get('since')}")
+    return ", ".join(parts)
+
+
+def _read_holder(info_file: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(info_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,145 @@
+"""MLflow I/O: experiment, one run per batch attempt, model registry and the champion alias.
+
+The only module that imports MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from retrain_pipeline.config import MlflowConfig
+from retrain_pipeline.errors import TrackingError
+
+logger = logging.getLogger(__name__)
+
+CHAMPION_ALIAS = "champion"
+BATCH_TAG = "batch_number"
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    run_id: str
+    model_version: str
+    model_uri: str
+
+
+def connect(config: MlflowConfig) -> str:
+    """Point MLflow at the configured store and return the experiment id (created if absent).
+
+    MLflow's own HTTP retry settings get the configured bound and backoff, so an
+    unreachable server fails after ``max_retries`` attempts instead of minutes later.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(config.retry_backoff_seconds)
+    mlflow.set_tracking_uri(config.tracking_uri)
+    try:
+        experiment = mlflow.get_experiment_by_name(config.experiment_name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        location = None if config.is_remote else config.artifact_location.as_uri()
+        return str(mlflow.create_experiment(config.experiment_name, artifact_location=location))
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+
+
+def log_training_run(
+    config: MlflowConfig,
+    experiment_id: str,
+    *,
+    run_name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float | None],
+    model: Any,
+    input_example: pd.DataFrame,
+) -> LoggedModel:
+    """Log one batch attempt: tags, params, metrics, the model, and register a new version.
+
+    If anything fails the run is ended with status FAILED (``start_run`` context).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
+            mlflow.log_params(dict(params))
+            mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=mlflow.models.infer_signature(input_example, model.predict(input_example)),
+                input_example=input_example,
+                registered_model_name=config.registered_model_name,
+                pip_requirements=_pip_requirements(),
+                skops_trusted_types=_own_types(model),
+            )
+            version = str(info.registered_model_version)
+            client = mlflow.MlflowClient()
+            for key in (BATCH_TAG, "data_md5", "model_md5"):
+                if key in tags:
+                    client.set_model_version_tag(config.registered_model_name, version, key, tags[key])
+            return LoggedModel(run.info.run_id, version, info.model_uri)
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+
+
+def _pip_requirements() -> list[str]:
+    """Explicit requirements: MLflow's inference lists test tools installed alongside."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "skops")]
+
+
+def _own_types(model: Any) -> list[str]:
+    """Types skops would refuse to load; we built this model ourselves, so we trust them."""
+    import skops.io
+
+    return list(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+
+
+def champion_version(config: MlflowConfig) -> str | None:
+    """The registered version the ``champion`` alias points to, or None."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        return str(client.get_model_version_by_alias(config.registered_model_name, CHAMPION_ALIAS).version)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        if "not found" in str(exc.message).lower() or "does not exist" in str(exc.message).lower():
+            return None
+        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+
+
+def load_version(config: MlflowConfig, version: str) -> Any:
+    """Load a registered model version as a scikit-learn object."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = f"models:/{config.registered_model_name}/{version}"
+    try:
+        return mlflow.sklearn.load_model(uri)
+    except MlflowException as exc:
+        raise TrackingError(f"cannot load {uri} from {config.tracking_uri}: {exc.message}") from exc
+
+
+def set_champion(config: MlflowConfig, version: str) -> None:
+    """Point the ``champion`` alias at ``version``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient().set_registered_model_alias(config.registered_model_name, CHAMPION_ALIAS, version)
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
