@@ -1,6 +1,7 @@
 """The retraining flow and its command line.
 
     python flows/automated_training_flow.py [N] [--params PATH] [--force] [--debug]
+    python flows/automated_training_flow.py --all [--params PATH]   # every pending batch
 
 Exit codes: 0 trained, or nothing to do (no new data, all batches done, another run busy);
 1 the batch was rejected or the run failed; 2 bad arguments or params.
@@ -44,7 +45,14 @@ from retrain_pipeline.model_tasks import (
     write_metrics,
 )
 from retrain_pipeline.reporting import training_report
-from retrain_pipeline.state import BatchRecord, PipelineBusyError, PipelineState, pipeline_lock, update_holder, utc_now
+from retrain_pipeline.state import (
+    BatchRecord,
+    PipelineBusyError,
+    PipelineState,
+    pipeline_lock,
+    update_holder,
+    utc_now,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
@@ -73,7 +81,9 @@ def automated_training_flow(
         quiet_pipeline_tracebacks()
     logger = get_run_logger()
     settings = load_settings(resolve_params(params_path), default_root=PROJECT_ROOT)
-    logger.info("Params: %s; tracking: %s", settings.params_file or "built-in defaults", settings.mlflow.tracking_uri)
+    logger.info(
+        "Params: %s; tracking: %s", settings.params_file or "built-in defaults", settings.mlflow.tracking_uri
+    )
     prepare_project(settings)
     try:
         with pipeline_lock(settings.lock_file, {"flow_run_id": flow_run.id}) as holder:
@@ -103,24 +113,31 @@ def _process_batch(settings: Settings, requested: int | None, force: bool, holde
         training = validate_and_merge(settings, state, batch)
     except DataValidationError as exc:
         quarantine_batch(settings, exc, batch)
-        record = BatchRecord(status="rejected", started_at=started, finished_at=utc_now(), source=exc.file, error=str(exc))
+        record = BatchRecord(
+            status="rejected", started_at=started, finished_at=utc_now(), source=exc.file, error=str(exc)
+        )
         record_batch(settings, state, n, record, state.champion_version)
         raise
     try:
         committed = _train_and_commit(settings, state, batch, training, started)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-        record = BatchRecord(status="failed", started_at=started, finished_at=utc_now(), source=batch.source, error=error)
+        record = BatchRecord(
+            status="failed", started_at=started, finished_at=utc_now(), source=batch.source, error=error
+        )
         record_batch(settings, state, n, record, state.champion_version)
         raise
     # The state file is the commit point; the alias follows it (and is repaired from it).
     if committed.record.promoted:
-        promote(settings, committed.record.model_version, committed.model_file)
+        promote(settings, committed.model_version, committed.model_file)
     publish_report(committed.report, n)
     return _outcome(
-        "completed", n, f"batch {n}: model v{committed.record.model_version} "
+        "completed",
+        n,
+        f"batch {n}: model v{committed.record.model_version} "
         + ("promoted to champion" if committed.record.promoted else "not promoted"),
-        model_version=committed.record.model_version, promoted=committed.record.promoted,
+        model_version=committed.record.model_version,
+        promoted=committed.record.promoted,
         metrics=committed.record.metrics,
     )
 
@@ -128,6 +145,7 @@ def _process_batch(settings: Settings, requested: int | None, force: bool, holde
 @dataclass(frozen=True)
 class _Committed:
     record: BatchRecord
+    model_version: str
     model_file: Path
     report: str
 
@@ -145,28 +163,53 @@ def _train_and_commit(
     md5 = version_files(settings, [training.file, model_file])
     data_md5, model_md5 = md5[training.file], md5[model_file]
     run_id = str(flow_run.id)
-    tags = {"batch_number": str(n), "data_md5": data_md5, "model_md5": model_md5, "prefect_flow_run_id": run_id}
-    logged = log_run(settings, experiment_id, trained=model, training=training, evaluation=evaluation, tags=tags)
+    tags = {
+        "batch_number": str(n),
+        "data_md5": data_md5,
+        "model_md5": model_md5,
+        "prefect_flow_run_id": run_id,
+    }
+    logged = log_run(
+        settings, experiment_id, trained=model, training=training, evaluation=evaluation, tags=tags
+    )
 
     previous = champion.version if champion else None
     promoted = evaluation.decision.promote
     summary = data_summary(training.merged, settings.data.target_column)
     record = BatchRecord(
-        status="completed", started_at=started, finished_at=utc_now(), source=batch.source,
-        rows=training.rows, train_rows=summary.train_rows, holdout_rows=summary.holdout_rows,
-        training_rows_total=summary.rows, metrics=evaluation.metrics,
-        champion_metrics=evaluation.champion_metrics, champion_version_before=previous, promoted=promoted,
-        promotion_reason=evaluation.decision.reason, mlflow_run_id=logged.run_id, model_version=logged.model_version,
-        data_md5=data_md5, model_md5=model_md5, prefect_flow_run_id=run_id,
+        status="completed",
+        started_at=started,
+        finished_at=utc_now(),
+        source=batch.source,
+        rows=training.rows,
+        train_rows=summary.train_rows,
+        holdout_rows=summary.holdout_rows,
+        training_rows_total=summary.rows,
+        metrics=evaluation.metrics,
+        champion_metrics=evaluation.champion_metrics,
+        champion_version_before=previous,
+        promoted=promoted,
+        promotion_reason=evaluation.decision.reason,
+        mlflow_run_id=logged.run_id,
+        model_version=logged.model_version,
+        data_md5=data_md5,
+        model_md5=model_md5,
+        prefect_flow_run_id=run_id,
     )
     write_metrics(settings, n, {"batch_number": n, **record.model_dump(exclude={"status", "error"})})
     record_batch(settings, state, n, record, logged.model_version if promoted else previous)
     report = training_report(
-        batch_number=n, metrics=evaluation.metrics, champion_metrics=evaluation.champion_metrics,
-        champion_version=previous, new_version=logged.model_version, promoted=promoted,
-        reason=evaluation.decision.reason, primary_metric=settings.evaluation.primary_metric, summary=summary,
+        batch_number=n,
+        metrics=evaluation.metrics,
+        champion_metrics=evaluation.champion_metrics,
+        champion_version=previous,
+        new_version=logged.model_version,
+        promoted=promoted,
+        reason=evaluation.decision.reason,
+        primary_metric=settings.evaluation.primary_metric,
+        summary=summary,
     )
-    return _Committed(record, model_file, report)
+    return _Committed(record, logged.model_version, model_file, report)
 
 
 # --------------------------------------------------------------------------- command line
@@ -178,7 +221,9 @@ def _batch_number(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"batch number must be an integer, got {text!r}") from None
     if not 1 <= value <= MAX_BATCH_NUMBER:
-        raise argparse.ArgumentTypeError(f"batch number must be between 1 and {MAX_BATCH_NUMBER}, got {value}")
+        raise argparse.ArgumentTypeError(
+            f"batch number must be between 1 and {MAX_BATCH_NUMBER}, got {value}"
+        )
     return value
 
 
@@ -191,7 +236,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--params", help=f"params file (default: {DEFAULT_PARAMS})")
     parser.add_argument("--force", action="store_true", help="retrain a batch that is already completed")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of pipeline errors")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--all", action="store_true", help="process pending batches one flow run each until none is left"
+    )
+    args = parser.parse_args(argv)
+    if args.all and args.batch is not None:
+        parser.error("give a batch number or --all, not both")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,13 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    try:
-        outcome = automated_training_flow(batch_number=args.batch, params_path=params, force=args.force)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{outcome['status']}: {outcome['message']}")
-    return 0
+    while True:
+        try:
+            outcome = automated_training_flow(batch_number=args.batch, params_path=params, force=args.force)
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"{outcome['status']}: {outcome['message']}", flush=True)
+        if not (args.all and outcome["status"] == "completed"):
+            return 0
 
 
 if __name__ == "__main__":

@@ -30,9 +30,7 @@ def load_state(settings: Settings) -> PipelineState:
 
 
 @task(name="choose-batch", cache_policy=NO_CACHE)
-def choose_batch(
-    settings: Settings, state: PipelineState, requested: int | None, force: bool
-) -> BatchChoice:
+def choose_batch(settings: Settings, state: PipelineState, requested: int | None, force: bool) -> BatchChoice:
     """The requested batch, or the next one; refuses a completed batch unless forced."""
     max_batches = settings.automation.max_batches
     if requested is None:

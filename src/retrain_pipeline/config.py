@@ -165,8 +165,7 @@ class ModelConfig(_Section):
         unknown = sorted(set(value) - set(accepted))
         if unknown:
             raise ValueError(
-                f"estimator {name!r} has no hyperparameter(s) {unknown}; "
-                f"accepted: {sorted(accepted)}"
+                f"estimator {name!r} has no hyperparameter(s) {unknown}; accepted: {sorted(accepted)}"
             )
         if "random_state" in value:
             raise ValueError("set model.random_state, not model.hyperparameters.random_state")
@@ -270,12 +269,12 @@ class Settings(_Section):
 
     root: Path
     params_file: Path | None
-    data: DataConfig = Field(default_factory=dict)  # type: ignore[arg-type]
-    model: ModelConfig = Field(default_factory=dict)  # type: ignore[arg-type]
-    evaluation: EvaluationConfig = Field(default_factory=dict)  # type: ignore[arg-type]
-    mlflow: MlflowConfig = Field(default_factory=dict)  # type: ignore[arg-type]
-    automation: AutomationConfig = Field(default_factory=dict)  # type: ignore[arg-type]
-    paths: PathsConfig = Field(default_factory=dict)  # type: ignore[arg-type]
+    data: DataConfig = Field(default_factory=dict)  # type: ignore[assignment]
+    model: ModelConfig = Field(default_factory=dict)  # type: ignore[assignment]
+    evaluation: EvaluationConfig = Field(default_factory=dict)  # type: ignore[assignment]
+    mlflow: MlflowConfig = Field(default_factory=dict)  # type: ignore[assignment]
+    automation: AutomationConfig = Field(default_factory=dict)  # type: ignore[assignment]
+    paths: PathsConfig = Field(default_factory=dict)  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _versioned_outputs_inside_root(self) -> Settings:
@@ -321,9 +320,7 @@ class Settings(_Section):
         return self.paths.metrics_dir / "latest.json"
 
     @classmethod
-    def from_mapping(
-        cls, raw: dict[str, Any], root: Path, params_file: Path | None = None
-    ) -> Settings:
+    def from_mapping(cls, raw: dict[str, Any], root: Path, params_file: Path | None = None) -> Settings:
         """Validate a params mapping whose relative paths belong to ``root``."""
         source = str(params_file) if params_file else "built-in defaults"
         reserved = sorted({"root", "params_file"} & set(raw))

@@ -140,14 +140,22 @@ def build_schema(
 ) -> pa.DataFrameSchema:
     """The pandera schema every batch must satisfy."""
     feature_checks = [
-        pa.Check(lambda s: s.notna().any(), element_wise=False, ignore_na=False,
-                 name="not_all_missing", error="column has no values (all missing)"),
+        pa.Check(
+            lambda s: s.notna().any(),
+            element_wise=False,
+            ignore_na=False,
+            name="not_all_missing",
+            error="column has no values (all missing)",
+        ),
         pa.Check(lambda s: np.isfinite(s), name="finite", error="infinite value"),
     ]
     if max_abs_value is not None:
         feature_checks.append(
-            pa.Check(lambda s: s.abs() <= max_abs_value, name=f"abs_at_most_{max_abs_value:g}",
-                     error=f"absolute value above data.max_abs_value={max_abs_value:g}")
+            pa.Check(
+                lambda s: s.abs() <= max_abs_value,
+                name=f"abs_at_most_{max_abs_value:g}",
+                error=f"absolute value above data.max_abs_value={max_abs_value:g}",
+            )
         )
     columns = {
         name: pa.Column(float, checks=feature_checks, nullable=allow_missing_values, coerce=True)
@@ -195,7 +203,7 @@ def _check_label(check: str) -> str:
     if check == "not_nullable":
         return "missing value(s)"
     if check.startswith("isin("):
-        return f"unknown label(s), expected one of {check[len('isin('):-1]}"
+        return f"unknown label(s), expected one of {check[len('isin(') : -1]}"
     return check
 
 
@@ -208,12 +216,15 @@ def _examples(group: pd.DataFrame, limit: int) -> str:
     return f"({', '.join(shown)}{more})"
 
 
-def require_classes(targets: pd.Series, classes: Iterable[int | str], *, batch_number: int, file: str) -> None:
+def require_classes(
+    targets: pd.Series, classes: Iterable[int | str], *, batch_number: int, file: str
+) -> None:
     """Reject the batch when the cumulative training targets lack one of the classes."""
     absent = [label for label in classes if not (targets == label).any()]
     if absent:
         raise DataValidationError(
-            batch_number, file,
+            batch_number,
+            file,
             f"training data up to this batch would lack class(es) {absent}: both classes are required",
         )
 
@@ -234,9 +245,7 @@ def split_batch(
         labels = frame[target_column]
         counts = labels.value_counts()
         n_classes = len(counts)
-        can_stratify = (
-            counts.min() >= 2 and n_holdout >= n_classes and len(frame) - n_holdout >= n_classes
-        )
+        can_stratify = counts.min() >= 2 and n_holdout >= n_classes and len(frame) - n_holdout >= n_classes
         stratify = labels if can_stratify else None
         _, holdout_index = train_test_split(
             frame.index, test_size=n_holdout, random_state=seed + batch_number, stratify=stratify

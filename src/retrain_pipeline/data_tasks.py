@@ -72,13 +72,19 @@ def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInp
     earlier = [k for k in state.accepted_batches(up_to=n) if k != n]
     features = _expected_features(settings, earlier, batch.frame)
     schema = data.build_schema(
-        features, cfg.target_column, cfg.classes,
-        allow_missing_values=cfg.allow_missing_values, max_abs_value=cfg.max_abs_value,
+        features,
+        cfg.target_column,
+        cfg.classes,
+        allow_missing_values=cfg.allow_missing_values,
+        max_abs_value=cfg.max_abs_value,
     )
     valid = data.validate_batch(batch.frame, schema, batch_number=n, file=batch.source)
     split = data.split_batch(
-        valid, target_column=cfg.target_column, holdout_fraction=settings.evaluation.holdout_fraction,
-        seed=settings.evaluation.split_seed, batch_number=n,
+        valid,
+        target_column=cfg.target_column,
+        holdout_fraction=settings.evaluation.holdout_fraction,
+        seed=settings.evaluation.split_seed,
+        batch_number=n,
     )
     merged = data.merge_batches([*(_read_processed(settings, k, split.columns) for k in earlier), split])
     _, train_target = data.features_and_target(merged, cfg.target_column, data.TRAIN)

@@ -22,7 +22,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
-        os.replace(tmp, path)
+        tmp.replace(path)  # os.replace: atomic on POSIX
         _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)

@@ -43,27 +43,29 @@ def evaluate_model(
     model: ClassifierMixin, features: pd.DataFrame, target: pd.Series, positive_label: int | str
 ) -> Metrics:
     """Accuracy, precision, recall, F1 and ROC AUC (None when undefined: one class only)."""
-    predicted = model.predict(features)  # type: ignore[attr-defined]
+    predicted = model.predict(features)
     binary = {"pos_label": positive_label, "zero_division": 0}
     metrics: Metrics = {
         "accuracy": float(accuracy_score(target, predicted)),
-        "precision": float(precision_score(target, predicted, **binary)),  # type: ignore[arg-type]
-        "recall": float(recall_score(target, predicted, **binary)),  # type: ignore[arg-type]
-        "f1": float(f1_score(target, predicted, **binary)),  # type: ignore[arg-type]
+        "precision": float(precision_score(target, predicted, **binary)),
+        "recall": float(recall_score(target, predicted, **binary)),
+        "f1": float(f1_score(target, predicted, **binary)),
         "roc_auc": None,
     }
     if target.nunique() == 2:
-        metrics["roc_auc"] = float(roc_auc_score(target == positive_label, _scores(model, features, positive_label)))
+        metrics["roc_auc"] = float(
+            roc_auc_score(target == positive_label, _scores(model, features, positive_label))
+        )
     return metrics
 
 
 def _scores(model: ClassifierMixin, features: pd.DataFrame, positive_label: int | str) -> np.ndarray:
     """Scores for the positive class: probabilities when available, else decision values."""
     if hasattr(model, "predict_proba"):
-        column = list(model.classes_).index(positive_label)  # type: ignore[attr-defined]
+        column = list(model.classes_).index(positive_label)
         return np.asarray(model.predict_proba(features)[:, column])
-    decision = np.asarray(model.decision_function(features))  # type: ignore[attr-defined]
-    return decision if model.classes_[1] == positive_label else -decision  # type: ignore[attr-defined]
+    decision = np.asarray(model.decision_function(features))
+    return decision if model.classes_[1] == positive_label else -decision
 
 
 @dataclass(frozen=True)

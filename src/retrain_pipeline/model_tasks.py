@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 
 from retrain_pipeline import model, tracking
 from retrain_pipeline.config import Settings
-from retrain_pipeline.data import TRAIN, HOLDOUT, features_and_target
+from retrain_pipeline.data import HOLDOUT, TRAIN, features_and_target
 from retrain_pipeline.data_tasks import TrainingData
 from retrain_pipeline.fileio import atomic_path, write_text_atomic
 from retrain_pipeline.state import PipelineState
@@ -56,7 +56,10 @@ def load_champion(settings: Settings, state: PipelineState) -> Champion | None:
     if state.champion_version is not None and version != state.champion_version:
         logger.warning(
             "MLflow alias '%s' is at %s but %s records champion v%s; restoring the recorded one",
-            tracking.CHAMPION_ALIAS, version, settings.paths.state_file.name, state.champion_version,
+            tracking.CHAMPION_ALIAS,
+            version,
+            settings.paths.state_file.name,
+            state.champion_version,
         )
         tracking.set_champion(settings.mlflow, state.champion_version)
         version = state.champion_version
@@ -138,10 +141,13 @@ def log_run(
         "promoted": float(evaluation.decision.promote),
     }
     return tracking.log_training_run(
-        cfg.mlflow, experiment_id,
+        cfg.mlflow,
+        experiment_id,
         run_name=f"batch-{training.batch_number}",
         tags={**tags, "promotion_decision": evaluation.decision.reason},
-        params=params, metrics=metrics, model=trained,
+        params=params,
+        metrics=metrics,
+        model=trained,
         input_example=features.head(5),
     )
 

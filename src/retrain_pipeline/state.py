@@ -66,7 +66,7 @@ class PipelineState(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     processed_batches: list[int] = Field(default_factory=list)
     last_batch: int | None = None
     champion_version: str | None = None
@@ -204,7 +204,9 @@ def pipeline_lock(lock_file: Path, holder: dict[str, object]) -> Iterator[Path]:
     except filelock.Timeout as exc:
         raise PipelineBusyError(f"another run is in progress: {describe_holder(info_file)}") from exc
     try:
-        update_holder(info_file, {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(), **holder})
+        update_holder(
+            info_file, {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(), **holder}
+        )
         yield info_file
     finally:
         info_file.unlink(missing_ok=True)

@@ -140,6 +140,8 @@ def set_champion(config: MlflowConfig, version: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
-        mlflow.MlflowClient().set_registered_model_alias(config.registered_model_name, CHAMPION_ALIAS, version)
+        mlflow.MlflowClient().set_registered_model_alias(
+            config.registered_model_name, CHAMPION_ALIAS, version
+        )
     except MlflowException as exc:
         raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc

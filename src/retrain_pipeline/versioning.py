@@ -28,7 +28,11 @@ def _git_toplevel(folder: Path) -> Path | None:
     try:
         result = subprocess.run(
             ["git", "rev-parse", "--show-toplevel"],
-            cwd=folder, capture_output=True, text=True, check=False, timeout=30,
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

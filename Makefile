@@ -1,0 +1,74 @@
+# Automated ML retraining pipeline. `make` (or `make help`) lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+PARAMS ?= $(CURDIR)/params.yaml
+BATCH ?=
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+
+# Poetry lives in its own virtual environment under .tools/; the project's in .venv/.
+POETRY_VERSION := 2.5.1
+TOOLS := $(CURDIR)/.tools
+POETRY := $(TOOLS)/poetry/bin/poetry
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Prefect keeps its database and settings inside the project; the user's profile is untouched.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help install setup run run-manual status demo mlflow-ui clean test test-fast lint format
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(POETRY):
+	@echo ">> installing Poetry $(POETRY_VERSION) into $(TOOLS)/poetry"
+	$(PYTHON) -m venv $(TOOLS)/poetry
+	$(TOOLS)/poetry/bin/pip install --quiet "poetry==$(POETRY_VERSION)" poetry-plugin-pypi-mirror
+
+# Poetry resolves through the same simple index pip uses (computed, never written to a file).
+$(STAMP): pyproject.toml poetry.lock | $(POETRY)
+	@index="$$($(PYTHON) -m pip config get global.index-url 2>/dev/null || $(PYTHON) -c 'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')"; \
+	POETRY_PYPI_MIRROR_URL="$$index" $(POETRY) install --no-interaction --sync
+	@touch $(STAMP)
+
+install: $(STAMP) ## Install Poetry (if absent) and the locked environment into .venv
+
+setup: install ## Create folders, `dvc init` once and write the raw demo data
+	$(PY) -m retrain_pipeline.cli setup --params "$(PARAMS)"
+
+run: setup ## Process the next batch once (no services needed)
+	$(PY) flows/automated_training_flow.py --params "$(PARAMS)"
+
+run-manual: setup ## Process batch BATCH=N (add FORCE=1 to retrain a completed batch)
+	@test -n "$(BATCH)" || { echo "usage: make run-manual BATCH=N [FORCE=1]" >&2; exit 2; }
+	$(PY) flows/automated_training_flow.py "$(BATCH)" --params "$(PARAMS)" $(if $(FORCE),--force,)
+
+status: install ## Table of batches, metrics, promotions and the champion (JSON=1 for JSON)
+	@$(PY) -m retrain_pipeline.cli status --params "$(PARAMS)" $(if $(JSON),--json,)
+
+demo: setup ## Install, set up and train batches 1..max_batches, then show the status
+	$(PY) flows/automated_training_flow.py --all --params "$(PARAMS)"
+	@$(MAKE) --no-print-directory status
+
+mlflow-ui: install ## MLflow UI over the project's store on MLFLOW_HOST:MLFLOW_PORT (127.0.0.1:5000)
+	$(PY) -m retrain_pipeline.cli mlflow-ui --params "$(PARAMS)" --host "$(MLFLOW_HOST)" --port "$(MLFLOW_PORT)"
+
+clean: ## Remove generated outputs (keeps data/raw, data/landing, params and the environment)
+	rm -rf data/processed data/quarantine mlflow.db mlartifacts mlruns .prefect \
+	  batch_state.json batch_state.json.* .dvc/cache .dvc/tmp .pytest_cache
+	find models metrics -mindepth 1 ! -name .gitkeep -delete 2>/dev/null || true
+	@echo "Cleaned generated outputs; data/raw, data/landing and .venv are kept."
+
+test: install ## Run the whole test suite (unit, flow, end-to-end)
+	$(PY) -m pytest
+
+lint: install ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check src flows deployments tests
+	$(VENV)/bin/ruff format --check src flows deployments tests
+	$(VENV)/bin/mypy

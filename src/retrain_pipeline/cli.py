@@ -1,0 +1,191 @@
+"""Operator commands that need no Prefect: ``setup``, ``status``, ``mlflow-ui``.
+
+python -m retrain_pipeline.cli setup     --params params.yaml
+python -m retrain_pipeline.cli status    --params params.yaml [--json]
+python -m retrain_pipeline.cli mlflow-ui --params params.yaml [--host H] [--port P]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline.errors import PipelineError
+from retrain_pipeline.state import PipelineState, load_state, next_batch_number
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def status_payload(settings: Settings, state: PipelineState) -> dict[str, Any]:
+    """What ``status --json`` prints: every batch plus the champion and the next batch."""
+    upcoming = next_batch_number(state)
+    metric = settings.evaluation.primary_metric
+    batches = []
+    for key, record in state.batches.items():
+        batches.append(
+            {
+                "batch": int(key),
+                "status": record.status,
+                "rows": record.rows,
+                "training_rows": record.training_rows_total,
+                metric: (record.metrics or {}).get(metric),
+                f"champion_{metric}": (record.champion_metrics or {}).get(metric),
+                "promoted": record.promoted,
+                "model_version": record.model_version,
+                "finished_at": record.finished_at,
+                "error": record.error,
+            }
+        )
+    return {
+        "state_file": str(settings.paths.state_file),
+        "primary_metric": metric,
+        "champion_version": state.champion_version,
+        "processed_batches": state.processed_batches,
+        "next_batch": upcoming if upcoming <= settings.automation.max_batches else None,
+        "max_batches": settings.automation.max_batches,
+        "batches": batches,
+    }
+
+
+def render_status(payload: dict[str, Any]) -> str:
+    """The status payload as a fixed-width table."""
+    metric = payload["primary_metric"]
+    headers = [
+        "batch",
+        "status",
+        "rows",
+        "train+holdout",
+        metric,
+        f"champion {metric}",
+        "promoted",
+        "version",
+        "finished at",
+    ]
+    rows = [
+        [
+            str(b["batch"]),
+            b["status"],
+            _cell(b["rows"]),
+            _cell(b["training_rows"]),
+            _cell(b[metric]),
+            _cell(b[f"champion_{metric}"]),
+            _cell(b["promoted"]),
+            _cell(b["model_version"]),
+            _cell(b["finished_at"]),
+        ]
+        for b in payload["batches"]
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    if not rows:
+        lines.append("(no batches processed yet)")
+    for b in payload["batches"]:
+        if b["error"]:
+            lines.append(f"batch {b['batch']} {b['status']}: {b['error']}")
+    champion = payload["champion_version"]
+    lines.append("")
+    lines.append(f"champion: {'model version ' + champion if champion else 'none yet'}")
+    nxt = payload["next_batch"]
+    lines.append(
+        f"next batch: {nxt}"
+        if nxt is not None
+        else f"next batch: none (all {payload['max_batches']} batches done)"
+    )
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _host(text: str) -> str:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not _HOSTNAME.match(text):
+            raise argparse.ArgumentTypeError(f"not a valid host name or IP address: {text!r}") from None
+    return text
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be an integer between 1 and 65535, got {text!r}")
+    return int(text)
+
+
+def _mlflow_ui(settings: Settings, host: str, port: int) -> int:
+    if settings.mlflow.is_remote:
+        print(f"tracking URI {settings.mlflow.tracking_uri} is a server: open it in a browser instead")
+        return 0
+    executable = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+    if executable is None:
+        raise PipelineError("the mlflow command is not installed in this environment (run make install)")
+    argv = [
+        executable,
+        "server",
+        "--backend-store-uri",
+        settings.mlflow.tracking_uri,
+        "--default-artifact-root",
+        settings.mlflow.artifact_location.as_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    print(f"MLflow UI on http://{host}:{port} over {settings.mlflow.tracking_uri} (Ctrl+C stops it)")
+    sys.stdout.flush()
+    os.execv(executable, argv)  # replaces this process; no shell involved
+    return 0  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m retrain_pipeline.cli")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("setup", help="create folders, dvc init, write the raw demo data")
+    status = commands.add_parser("status", help="table of batches and the champion")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ui = commands.add_parser("mlflow-ui", help="serve the MLflow UI over the project's store")
+    ui.add_argument("--host", type=_host, default="127.0.0.1")
+    ui.add_argument("--port", type=_port, default=5000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        settings = load_settings(args.params)
+        if args.command == "setup":
+            from retrain_pipeline.project import prepare_project
+
+            prepare_project(settings)
+            print(f"Project ready in {settings.root}")
+        elif args.command == "status":
+            payload = status_payload(settings, load_state(settings.paths.state_file))
+            print(json.dumps(payload, indent=2) if args.json else render_status(payload))
+        elif args.command == "mlflow-ui":
+            return _mlflow_ui(settings, args.host, args.port)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Shared fixtures: a temporary project folder with its own params.yaml."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+# Small and fast, but the same code paths as the shipped params.yaml.
+BASE_PARAMS: dict[str, Any] = {
+    "data": {"source": "sliced", "batch_size": 50},
+    "model": {"estimator": "random_forest", "hyperparameters": {"n_estimators": 25, "max_depth": 4, "n_jobs": 1}},
+    "automation": {"max_batches": 8},
+}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture
+def make_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """Write ``params.yaml`` (BASE_PARAMS + overrides) into a fresh folder; returns its path."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def _make(name: str = "project", **overrides: Any) -> Path:
+        root = tmp_path / name
+        root.mkdir()
+        params = root / "params.yaml"
+        params.write_text(yaml.safe_dump(deep_merge(BASE_PARAMS, overrides)), encoding="utf-8")
+        return params
+
+    return _make
