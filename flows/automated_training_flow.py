@@ -32,7 +32,7 @@ from retrain_pipeline.data_tasks import (
     version_files,
 )
 from retrain_pipeline.errors import ConfigError, DataValidationError, PipelineError
-from retrain_pipeline.logs import DEBUG_ENV, quiet_pipeline_tracebacks
+from retrain_pipeline.logs import DEBUG_ENV, quiet_pipeline_tracebacks, quiet_temporary_server_notices
 from retrain_pipeline.model_tasks import (
     connect_tracking,
     evaluate,
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.debug:
         os.environ[DEBUG_ENV] = "1"
+    quiet_temporary_server_notices()
     params = str(Path(args.params).expanduser().resolve()) if args.params else None
     try:
         load_settings(resolve_params(params), default_root=PROJECT_ROOT)  # fail fast, before Prefect starts

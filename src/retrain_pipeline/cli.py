@@ -158,13 +158,14 @@ def _mlflow_ui(settings: Settings, host: str, port: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
     parser = argparse.ArgumentParser(prog="python -m retrain_pipeline.cli")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("setup", help="create folders, dvc init, write the raw demo data")
-    status = commands.add_parser("status", help="table of batches and the champion")
+    commands.add_parser("setup", parents=[common], help="create folders, dvc init, write the raw demo data")
+    status = commands.add_parser("status", parents=[common], help="table of batches and the champion")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ui = commands.add_parser("mlflow-ui", help="serve the MLflow UI over the project's store")
+    ui = commands.add_parser("mlflow-ui", parents=[common], help="serve the MLflow UI over the project's store")
     ui.add_argument("--host", type=_host, default="127.0.0.1")
     ui.add_argument("--port", type=_port, default=5000)
     args = parser.parse_args(argv)

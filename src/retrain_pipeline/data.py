@@ -139,24 +139,13 @@ def build_schema(
     max_abs_value: float | None,
 ) -> pa.DataFrameSchema:
     """The pandera schema every batch must satisfy."""
+    # Check names double as the keys of _check_label's messages.
     feature_checks = [
-        pa.Check(
-            lambda s: s.notna().any(),
-            element_wise=False,
-            ignore_na=False,
-            name="not_all_missing",
-            error="column has no values (all missing)",
-        ),
-        pa.Check(lambda s: np.isfinite(s), name="finite", error="infinite value"),
+        pa.Check(lambda s: s.notna().any(), element_wise=False, ignore_na=False, name="not_all_missing"),
+        pa.Check(lambda s: np.isfinite(s), name="finite"),
     ]
     if max_abs_value is not None:
-        feature_checks.append(
-            pa.Check(
-                lambda s: s.abs() <= max_abs_value,
-                name=f"abs_at_most_{max_abs_value:g}",
-                error=f"absolute value above data.max_abs_value={max_abs_value:g}",
-            )
-        )
+        feature_checks.append(pa.Check(lambda s: s.abs() <= max_abs_value, name="max_abs_value"))
     columns = {
         name: pa.Column(float, checks=feature_checks, nullable=allow_missing_values, coerce=True)
         for name in feature_columns
@@ -191,17 +180,38 @@ def describe_schema_errors(failures: pd.DataFrame, examples: int = 3) -> str:
     if len(extra):
         problems.append(f"unexpected column(s) {sorted(map(str, extra))}")
     per_column = failures[failures["column"].notna()]
-    per_column = per_column[~per_column["check"].astype(str).str.startswith("dtype(")]
-    for (column, check), group in per_column.groupby(["column", "check"], sort=False):
-        problems.append(f"column {column!r}: {_check_label(str(check))} {_examples(group, examples)}")
+    for column, group in per_column.groupby("column", sort=False):
+        problems.append(f"column {column!r}: {_column_problems(group, examples)}")
     return "; ".join(problems) or "failed schema validation"
 
 
+def _column_problems(group: pd.DataFrame, examples: int) -> str:
+    """One column's failures; a type or all-missing failure hides the checks it makes moot."""
+    checks = group["check"].astype(str)
+    coerce = group[checks.str.startswith("coerce_dtype")]
+    if len(coerce):
+        return f"{_check_label('coerce_dtype')} {_examples(coerce, examples)}"
+    if (checks == "not_all_missing").any():
+        return _check_label("not_all_missing")
+    parts = []
+    for check, failed in group[~checks.str.startswith("dtype(")].groupby("check", sort=False):
+        parts.append(f"{_check_label(str(check))} {_examples(failed, examples)}")
+    return "; ".join(parts)
+
+
+_CHECK_LABELS = {
+    "not_all_missing": "all values are missing",
+    "finite": "infinite value(s)",
+    "max_abs_value": "absolute value(s) above data.max_abs_value",
+    "not_nullable": "missing value(s)",
+}
+
+
 def _check_label(check: str) -> str:
+    if check in _CHECK_LABELS:
+        return _CHECK_LABELS[check]
     if check.startswith("coerce_dtype"):
         return "wrong type, value(s) cannot be converted"
-    if check == "not_nullable":
-        return "missing value(s)"
     if check.startswith("isin("):
         return f"unknown label(s), expected one of {check[len('isin(') : -1]}"
     return check

@@ -31,3 +31,21 @@ def quiet_pipeline_tracebacks() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropPipelineTracebacks) for f in logger.filters):
             logger.addFilter(DropPipelineTracebacks())
+
+
+class DropTemporaryServerNotices(logging.Filter):
+    """Drop Prefect's "Starting/Stopping temporary server" notices.
+
+    A one-off CLI run talks to a throw-away local API whose address is useless once the
+    process ends; the "stopping" notice would also land after the run's one-line result.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "temporary server" not in record.getMessage()
+
+
+def quiet_temporary_server_notices() -> None:
+    """Install :class:`DropTemporaryServerNotices` on Prefect's root logger (idempotent)."""
+    logger = logging.getLogger("prefect")
+    if not any(isinstance(f, DropTemporaryServerNotices) for f in logger.filters):
+        logger.addFilter(DropTemporaryServerNotices())
