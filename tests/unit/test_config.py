@@ -336,9 +336,13 @@ FAILURES = [
     pytest.param({"data": {"bogus": 1}}, "data.bogus: unknown key", id="unknown-key"),
     pytest.param({"extras": {"a": 1}}, "extras: unknown key", id="unknown-section"),
     pytest.param({"data": None}, "data: Input should be a valid dictionary", id="section-not-a-mapping"),
-    pytest.param({"data": {"batch_size": "fifty"}}, "data.batch_size: Input should be a valid integer", id="wrong-type"),
+    pytest.param(
+        {"data": {"batch_size": "fifty"}}, "data.batch_size: Input should be a valid integer", id="wrong-type"
+    ),
     pytest.param({"data": {"batch_size": 2.5}}, "data.batch_size", id="fractional-int"),
-    pytest.param({"data": {"batch_size": 0}}, "data.batch_size: Input should be greater than 0", id="batch-size-0"),
+    pytest.param(
+        {"data": {"batch_size": 0}}, "data.batch_size: Input should be greater than 0", id="batch-size-0"
+    ),
     pytest.param({"data": {"allow_missing_values": [1]}}, "data.allow_missing_values", id="bool-wrong-type"),
     pytest.param({"data": {"source": "ftp"}}, "data.source", id="bad-source"),
     pytest.param({"data": {"target_column": ""}}, "data.target_column", id="empty-target"),
@@ -364,7 +368,9 @@ FAILURES = [
         id="bad-timezone",
     ),
     pytest.param({"automation": {"max_batches": 0}}, "automation.max_batches", id="max-batches-0"),
-    pytest.param({"model": {"estimator": "nope"}}, "model.estimator: unknown estimator 'nope'", id="bad-estimator"),
+    pytest.param(
+        {"model": {"estimator": "nope"}}, "model.estimator: unknown estimator 'nope'", id="bad-estimator"
+    ),
     pytest.param(
         {"model": {"estimator": "sklearn.linear_model.LinearRegression"}},
         "model.estimator: estimator 'sklearn.linear_model.LinearRegression' is not a scikit-learn classifier",
@@ -375,7 +381,11 @@ FAILURES = [
         "model.estimator: cannot import estimator",
         id="estimator-not-importable",
     ),
-    pytest.param({"model": {"estimator": "os.sep"}}, "model.estimator: estimator 'os.sep' is not a class", id="not-a-class"),
+    pytest.param(
+        {"model": {"estimator": "os.sep"}},
+        "model.estimator: estimator 'os.sep' is not a class",
+        id="not-a-class",
+    ),
     pytest.param(
         {"model": {"hyperparameters": {"no_such_param": 1}}},
         "model.hyperparameters: estimator 'random_forest' has no hyperparameter(s) ['no_such_param']",
@@ -402,11 +412,15 @@ FAILURES = [
         "data.classes: both class labels must be integers or both strings",
         id="classes-mixed-type",
     ),
-    pytest.param({"data": {"classes": [1, 1]}}, "data.classes: the two class labels must differ", id="classes-equal"),
+    pytest.param(
+        {"data": {"classes": [1, 1]}}, "data.classes: the two class labels must differ", id="classes-equal"
+    ),
     pytest.param({"data": {"classes": [0, 1, 2]}}, "data.classes", id="three-classes"),
     pytest.param({"data": {"feature_columns": []}}, "data.feature_columns", id="no-features"),
     pytest.param(
-        {"data": {"feature_columns": ["a", "a"]}}, "data.feature_columns: duplicate feature columns", id="dup-features"
+        {"data": {"feature_columns": ["a", "a"]}},
+        "data.feature_columns: duplicate feature columns",
+        id="dup-features",
     ),
     pytest.param(
         {"data": {"feature_columns": ["a", "target"]}},
@@ -418,7 +432,9 @@ FAILURES = [
         "data.processed_dir",
         id="processed-dir-outside-root",
     ),
-    pytest.param({"paths": {"models_dir": "/elsewhere/models"}}, "paths.models_dir", id="models-dir-outside-root"),
+    pytest.param(
+        {"paths": {"models_dir": "/elsewhere/models"}}, "paths.models_dir", id="models-dir-outside-root"
+    ),
     pytest.param(
         {"mlflow": {"tracking_uri": "file:///tmp/mlruns"}},
         "mlflow.tracking_uri: unsupported tracking URI 'file:///tmp/mlruns'",
@@ -451,7 +467,9 @@ def test_outside_root_message_names_both_folders(tmp_path: Path, params_writer) 
 
 
 def test_several_problems_are_reported_together(tmp_path: Path, params_writer) -> None:
-    params = params_writer(tmp_path, {"data": {"batch_size": 0, "bogus": 1}, "evaluation": {"holdout_fraction": 2}})
+    params = params_writer(
+        tmp_path, {"data": {"batch_size": 0, "bogus": 1}, "evaluation": {"holdout_fraction": 2}}
+    )
     with pytest.raises(ConfigError) as excinfo:
         load_settings(params)
     message = str(excinfo.value)
@@ -482,7 +500,9 @@ def test_from_mapping_without_file_says_built_in_defaults(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        pytest.param("- data\n- model\n", "top level must be a mapping of sections, got list", id="yaml-list"),
+        pytest.param(
+            "- data\n- model\n", "top level must be a mapping of sections, got list", id="yaml-list"
+        ),
         pytest.param("just a string\n", "top level must be a mapping of sections, got str", id="yaml-scalar"),
         pytest.param("data: [unclosed\n", "cannot read YAML", id="invalid-yaml"),
         pytest.param("data:\n  batch_size: 1\n bad_indent: 2\n", "cannot read YAML", id="bad-indentation"),
@@ -522,12 +542,14 @@ def test_missing_params_file(tmp_path: Path, make_dir: bool) -> None:
     strict=True,
     raises=TypeError,
 )
-@pytest.mark.parametrize("estimator", ["sklearn.ensemble.VotingClassifier", "sklearn.multiclass.OneVsRestClassifier"])
+@pytest.mark.parametrize(
+    "estimator", ["sklearn.ensemble.VotingClassifier", "sklearn.multiclass.OneVsRestClassifier"]
+)
 def test_estimator_needing_constructor_arguments_is_a_config_error(
     tmp_path: Path, params_writer, estimator: str
 ) -> None:
     params = params_writer(tmp_path, {"model": {"estimator": estimator}})
-    with pytest.raises(ConfigError, match="model.estimator"):
+    with pytest.raises(ConfigError, match=r"model\.estimator"):
         load_settings(params)
 
 

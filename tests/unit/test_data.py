@@ -154,7 +154,9 @@ def test_find_landing_file_both_formats_is_ambiguous(landing: Path) -> None:
     (landing / "batch_3.csv").write_text("x", encoding="utf-8")
     (landing / "batch_3.parquet").write_text("x", encoding="utf-8")
 
-    with pytest.raises(DataValidationError, match="ambiguous: both batch_3.csv and batch_3.parquet exist") as e:
+    with pytest.raises(
+        DataValidationError, match=re.escape("ambiguous: both batch_3.csv and batch_3.parquet exist")
+    ) as e:
         find_landing_file(landing, 3)
     assert_names_batch_and_file(e.value, 3, landing / "batch_3.csv")
 
@@ -244,19 +246,30 @@ def test_header_only_csv_reads_as_empty_frame(landing: Path) -> None:
     [
         pytest.param("batch_5.csv", b"", "file is empty", id="empty"),
         pytest.param("batch_5.csv", b"  \n\t\r\n ", "file is empty", id="whitespace-only"),
-        pytest.param("batch_5.csv", b"a,target\n1,\x000\n", "binary content (NUL bytes), not CSV text", id="nul"),
         pytest.param(
-            "batch_5.csv", b"a,target\ncaf\xe9,0\n", "not valid UTF-8 text (byte 0xe9 at offset 12)", id="latin-1"
+            "batch_5.csv", b"a,target\n1,\x000\n", "binary content (NUL bytes), not CSV text", id="nul"
         ),
-        pytest.param("batch_5.csv", b"a,b,a\n1,2,3\n", "duplicate column name(s) ['a']", id="duplicate-header"),
+        pytest.param(
+            "batch_5.csv",
+            b"a,target\ncaf\xe9,0\n",
+            "not valid UTF-8 text (byte 0xe9 at offset 12)",
+            id="latin-1",
+        ),
+        pytest.param(
+            "batch_5.csv", b"a,b,a\n1,2,3\n", "duplicate column name(s) ['a']", id="duplicate-header"
+        ),
         pytest.param(
             "batch_5.csv", b"a;b;target\n1;2;0\n", "header has one column and contains ';'", id="semicolon"
         ),
         pytest.param("batch_5.csv", b"a\tb\ttarget\n1\t2\t0\n", "contains '\\t'", id="tab"),
         pytest.param("batch_5.csv", b'a,target\n"1,0\n', "malformed CSV", id="unclosed-quote"),
-        pytest.param("batch_5.parquet", b"this is not parquet", "not a readable Parquet file", id="garbage-parquet"),
+        pytest.param(
+            "batch_5.parquet", b"this is not parquet", "not a readable Parquet file", id="garbage-parquet"
+        ),
         pytest.param("batch_5.parquet", b"", "not a readable Parquet file", id="empty-parquet"),
-        pytest.param("batch_5.parquet", b"a,target\n1,0\n", "not a readable Parquet file", id="csv-as-parquet"),
+        pytest.param(
+            "batch_5.parquet", b"a,target\n1,0\n", "not a readable Parquet file", id="csv-as-parquet"
+        ),
     ],
 )
 def test_read_batch_file_rejects(landing: Path, name: str, payload: bytes, problem: str) -> None:
@@ -277,8 +290,12 @@ def test_rows_with_more_fields_than_the_header_are_not_silently_shifted(landing:
     path = write_bytes(landing, "batch_2.csv", b"a,target\n10,1.5,0\n20,2.5,1\n30,3.5,0\n")
     with pytest.raises(DataValidationError, match="batch 2 rejected"):
         frame = read_batch_file(path, 2)
-        validate_batch(frame, build_schema(["a"], TARGET, (0, 1), allow_missing_values=False,
-                                           max_abs_value=None), batch_number=2, file=str(path))
+        validate_batch(
+            frame,
+            build_schema(["a"], TARGET, (0, 1), allow_missing_values=False, max_abs_value=None),
+            batch_number=2,
+            file=str(path),
+        )
 
 
 # --------------------------------------------------------------------------- validation
@@ -441,7 +458,7 @@ def test_rejection_lists_three_examples_and_counts_the_rest() -> None:
 
 @pytest.mark.xfail(
     reason="BUG: a non-integer label such as 1.5 or 0.7 is truncated to a valid class by the int "
-    "coercion instead of being rejected (data.py:164-166)",
+    "coercion instead of being rejected (data.py:153-156, build_schema)",
     strict=True,
 )
 def test_non_integer_labels_are_rejected() -> None:
@@ -470,7 +487,9 @@ def failure_cases(frame: pd.DataFrame, **options) -> pd.DataFrame:
 
 
 def test_describe_schema_errors_no_failures() -> None:
-    empty = pd.DataFrame(columns=["schema_context", "column", "check", "check_number", "failure_case", "index"])
+    empty = pd.DataFrame(
+        columns=["schema_context", "column", "check", "check_number", "failure_case", "index"]
+    )
     assert describe_schema_errors(empty) == "failed schema validation"
 
 
@@ -527,7 +546,9 @@ def test_require_classes_rejects(targets: list, classes: tuple, absent: str) -> 
 # --------------------------------------------------------------------------- split
 
 
-def split(frame: pd.DataFrame, *, fraction: float = 0.2, seed: int = 42, batch_number: int = 1) -> pd.DataFrame:
+def split(
+    frame: pd.DataFrame, *, fraction: float = 0.2, seed: int = 42, batch_number: int = 1
+) -> pd.DataFrame:
     return split_batch(
         frame, target_column=TARGET, holdout_fraction=fraction, seed=seed, batch_number=batch_number
     )
@@ -665,7 +686,9 @@ def test_atomic_writers_round_trip(tmp_path: Path, writer, reader, name: str) ->
 
 
 @pytest.mark.parametrize(
-    ("writer", "name"), [(write_parquet_atomic, "out.parquet"), (write_csv_atomic, "out.csv")], ids=["parquet", "csv"]
+    ("writer", "name"),
+    [(write_parquet_atomic, "out.parquet"), (write_csv_atomic, "out.csv")],
+    ids=["parquet", "csv"],
 )
 def test_atomic_writers_replace_existing_file(tmp_path: Path, writer, name: str) -> None:
     path = tmp_path / name

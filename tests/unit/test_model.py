@@ -14,7 +14,13 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from retrain_pipeline.config import METRIC_NAMES, ModelConfig
-from retrain_pipeline.model import PromotionDecision, build_pipeline, decide_promotion, evaluate_model, train_model
+from retrain_pipeline.model import (
+    PromotionDecision,
+    build_pipeline,
+    decide_promotion,
+    evaluate_model,
+    train_model,
+)
 
 
 def separable(n: int = 80, seed: int = 0, labels: tuple = (0, 1)) -> tuple[pd.DataFrame, pd.Series]:
@@ -60,7 +66,9 @@ def test_build_pipeline_logistic_regression() -> None:
 
 
 def test_build_pipeline_estimator_without_random_state() -> None:
-    config = ModelConfig(estimator="sklearn.neighbors.KNeighborsClassifier", hyperparameters={"n_neighbors": 3})
+    config = ModelConfig(
+        estimator="sklearn.neighbors.KNeighborsClassifier", hyperparameters={"n_neighbors": 3}
+    )
     model = build_pipeline(config).named_steps["model"]
     assert isinstance(model, KNeighborsClassifier)
     assert "random_state" not in model.get_params()
@@ -193,7 +201,13 @@ def test_positive_label_changes_precision_and_recall() -> None:
     for_1 = evaluate_model(Constant(), features, target, positive_label=1)
     for_0 = evaluate_model(Constant(), features, target, positive_label=0)
 
-    assert for_1 == {"accuracy": 0.75, "precision": 0.75, "recall": 1.0, "f1": pytest.approx(6 / 7), "roc_auc": 0.5}
+    assert for_1 == {
+        "accuracy": 0.75,
+        "precision": 0.75,
+        "recall": 1.0,
+        "f1": pytest.approx(6 / 7),
+        "roc_auc": 0.5,
+    }
     assert (for_0["precision"], for_0["recall"], for_0["f1"]) == (0.0, 0.0, 0.0)
 
 
@@ -209,13 +223,23 @@ NAN = float("nan")
         pytest.param(0.8, 0.8, 0.0, True, "f1 0.8000 >= champion 0.8000 - tolerance 0", id="equal"),
         pytest.param(0.9, 0.8, 0.0, True, "f1 0.9000 >= champion 0.8000", id="better"),
         pytest.param(0.79, 0.8, 0.0, False, "f1 0.7900 < champion 0.8000 - tolerance 0", id="worse"),
-        pytest.param(0.78, 0.8, 0.05, True, "f1 0.7800 >= champion 0.8000 - tolerance 0.05", id="within-tolerance"),
-        pytest.param(0.74, 0.8, 0.05, False, "f1 0.7400 < champion 0.8000 - tolerance 0.05", id="below-tolerance"),
+        pytest.param(
+            0.78, 0.8, 0.05, True, "f1 0.7800 >= champion 0.8000 - tolerance 0.05", id="within-tolerance"
+        ),
+        pytest.param(
+            0.74, 0.8, 0.05, False, "f1 0.7400 < champion 0.8000 - tolerance 0.05", id="below-tolerance"
+        ),
         pytest.param(0.85, 0.9, 0.05, True, "f1 0.8500 >= champion", id="at-tolerance-exact-float"),
         pytest.param(0.0, 1.0, 1.0, True, ">=", id="tolerance-1"),
-        pytest.param(0.5, None, 0.0, True, "champion f1 is undefined on this holdout", id="champion-metric-none"),
-        pytest.param(0.5, NAN, 0.0, True, "champion f1 is undefined on this holdout", id="champion-metric-nan"),
-        pytest.param(None, 0.5, 0.0, False, "new model f1 is undefined on this holdout", id="new-metric-none"),
+        pytest.param(
+            0.5, None, 0.0, True, "champion f1 is undefined on this holdout", id="champion-metric-none"
+        ),
+        pytest.param(
+            0.5, NAN, 0.0, True, "champion f1 is undefined on this holdout", id="champion-metric-nan"
+        ),
+        pytest.param(
+            None, 0.5, 0.0, False, "new model f1 is undefined on this holdout", id="new-metric-none"
+        ),
         pytest.param(NAN, 0.5, 0.0, False, "new model f1 is undefined on this holdout", id="new-metric-nan"),
         pytest.param(None, None, 0.0, True, "champion f1 is undefined", id="both-none"),
     ],

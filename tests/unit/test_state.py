@@ -63,9 +63,13 @@ def test_empty_state() -> None:
         pytest.param([(1, "failed")], [], None, 1, id="failed-is-retried"),
         pytest.param([(1, "completed"), (2, "rejected")], [1], 2, 3, id="completed-then-rejected"),
         pytest.param([(1, "completed"), (2, "failed")], [1], 1, 2, id="completed-then-failed"),
-        pytest.param([(1, "completed"), (2, "failed"), (2, "completed")], [1, 2], 2, 3, id="failed-then-retried"),
+        pytest.param(
+            [(1, "completed"), (2, "failed"), (2, "completed")], [1, 2], 2, 3, id="failed-then-retried"
+        ),
         pytest.param([(3, "completed"), (1, "completed")], [1, 3], 3, 4, id="out-of-order"),
-        pytest.param([(2, "completed"), (10, "completed"), (9, "rejected")], [2, 10], 10, 11, id="numeric-order"),
+        pytest.param(
+            [(2, "completed"), (10, "completed"), (9, "rejected")], [2, 10], 10, 11, id="numeric-order"
+        ),
         pytest.param([(1, "completed"), (1, "completed")], [1], 1, 2, id="forced-rerun"),
     ],
 )
@@ -124,7 +128,9 @@ def test_check_may_run(status: str | None, force: bool, allowed: bool) -> None:
     if allowed:
         assert check_may_run(state, 4, force=force) is None
     else:
-        with pytest.raises(StateError, match=r"batch 4 is already completed \(model version 4\); use --force"):
+        with pytest.raises(
+            StateError, match=r"batch 4 is already completed \(model version 4\); use --force"
+        ):
             check_may_run(state, 4, force=force)
 
 
@@ -212,7 +218,9 @@ BAD_STATE_FILES = [
     pytest.param(b"{", "not valid JSON (Expecting property name", id="truncated-json"),
     pytest.param(b"", "not valid JSON", id="empty-file"),
     pytest.param(b"\xff\xfe{}", "cannot read state file", id="not-utf8"),
-    pytest.param(valid_state_json(schema_version=2).encode(), "unsupported schema_version 2", id="schema-version-2"),
+    pytest.param(
+        valid_state_json(schema_version=2).encode(), "unsupported schema_version 2", id="schema-version-2"
+    ),
     pytest.param(b"{}", "unsupported schema_version None", id="no-schema-version"),
     pytest.param(b"[1, 2]", "invalid state file: (top level): Input should be a valid dictionary", id="list"),
     pytest.param(valid_state_json(processed_batches="1").encode(), "processed_batches", id="wrong-type-list"),
@@ -345,9 +353,11 @@ def test_lock_writes_holder_info_and_cleans_up(tmp_path: Path) -> None:
 def test_second_acquisition_in_another_process_is_refused(lock_holder) -> None:
     lock_file, process = lock_holder
 
-    with pytest.raises(PipelineBusyError, match="another run is in progress") as excinfo:
-        with pipeline_lock(lock_file, {}):
-            pytest.fail("the lock must not be acquired twice")
+    with (
+        pytest.raises(PipelineBusyError, match="another run is in progress") as excinfo,
+        pipeline_lock(lock_file, {}),
+    ):
+        pytest.fail("the lock must not be acquired twice")
 
     message = str(excinfo.value)
     assert f"pid {process.pid}" in message
