@@ -12,7 +12,10 @@ import yaml
 # Small and fast, but the same code paths as the shipped params.yaml.
 BASE_PARAMS: dict[str, Any] = {
     "data": {"source": "sliced", "batch_size": 50},
-    "model": {"estimator": "random_forest", "hyperparameters": {"n_estimators": 25, "max_depth": 4, "n_jobs": 1}},
+    "model": {
+        "estimator": "random_forest",
+        "hyperparameters": {"n_estimators": 25, "max_depth": 4, "n_jobs": 1},
+    },
     "automation": {"max_batches": 8},
 }
 

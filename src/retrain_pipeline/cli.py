@@ -165,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("setup", parents=[common], help="create folders, dvc init, write the raw demo data")
     status = commands.add_parser("status", parents=[common], help="table of batches and the champion")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ui = commands.add_parser("mlflow-ui", parents=[common], help="serve the MLflow UI over the project's store")
+    ui = commands.add_parser(
+        "mlflow-ui", parents=[common], help="serve the MLflow UI over the project's store"
+    )
     ui.add_argument("--host", type=_host, default="127.0.0.1")
     ui.add_argument("--port", type=_port, default=5000)
     args = parser.parse_args(argv)

@@ -34,6 +34,9 @@ MAX_BATCH_NUMBER = 1_000_000
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc")
 Metric = Literal["accuracy", "precision", "recall", "f1", "roc_auc"]
 
+MAX_SEED = 2**32 - 1 - MAX_BATCH_NUMBER  # seeds get the batch number added
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
 #: Short estimator names accepted in ``model.estimator``; a dotted class path also works.
 ESTIMATORS: dict[str, str] = {
     "random_forest": "sklearn.ensemble.RandomForestClassifier",
@@ -55,9 +58,8 @@ def _root(info: ValidationInfo) -> Path:
 
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
-    """Resolve a relative path against the params file's folder."""
-    path = value.expanduser()
-    return path if path.is_absolute() else (_root(info) / path).resolve()
+    """Resolve a relative path against the params file's folder; normalise ``..`` away."""
+    return (_root(info) / value.expanduser()).resolve()
 
 
 ProjectPath = Annotated[Path, AfterValidator(_resolve_path)]
@@ -97,7 +99,7 @@ class DataConfig(_Section):
     feature_columns: tuple[str, ...] | None = None
     allow_missing_values: bool = False
     max_abs_value: float | None = Field(default=1e12, gt=0)
-    shuffle_seed: int = 42
+    shuffle_seed: Seed = 42
     raw_file: ProjectPath = Path("data/raw/breast_cancer.csv")
     landing_dir: ProjectPath = Path("data/landing")
     processed_dir: ProjectPath = Path("data/processed")
@@ -139,7 +141,7 @@ class ModelConfig(_Section):
     estimator: str = "random_forest"
     # Passed to the estimator's constructor; empty means scikit-learn's defaults.
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    random_state: int = 42
+    random_state: Seed = 42
     impute_strategy: Literal["median", "mean", "most_frequent"] = "median"
     scale_features: bool = True
 
@@ -148,7 +150,7 @@ class ModelConfig(_Section):
     def _estimator_is_a_classifier(cls, value: str) -> str:
         from sklearn.base import is_classifier  # local: keep config import light
 
-        if not is_classifier(estimator_class(value)()):
+        if not is_classifier(_instantiate(value)):
             raise ValueError(f"estimator {value!r} is not a scikit-learn classifier")
         return value
 
@@ -160,7 +162,7 @@ class ModelConfig(_Section):
         name = info.data.get("estimator")
         if name is None:  # the estimator itself was invalid; that error is reported
             return value
-        instance = estimator_class(name)()
+        instance = _instantiate(name)
         accepted = instance.get_params()
         unknown = sorted(set(value) - set(accepted))
         if unknown:
@@ -177,6 +179,15 @@ class ModelConfig(_Section):
         except (TypeError, ValueError) as exc:
             raise ValueError(f"invalid for {name!r}: {exc}") from exc
         return value
+
+
+def _instantiate(name: str) -> Any:
+    """An estimator with default arguments; one that needs arguments cannot be configured."""
+    cls = estimator_class(name)
+    try:
+        return cls()
+    except TypeError as exc:
+        raise ValueError(f"estimator {name!r} cannot be created without arguments: {exc}") from exc
 
 
 def estimator_class(name: str) -> type:
@@ -203,7 +214,7 @@ class EvaluationConfig(_Section):
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
     primary_metric: Metric = "f1"
     promotion_tolerance: float = Field(default=0.0, ge=0, le=1)
-    split_seed: int = 42
+    split_seed: Seed = 42
 
 
 class MlflowConfig(_Section):
@@ -328,9 +339,9 @@ class Settings(_Section):
             raise ConfigError(f"{source}: unknown key(s) {reserved}")
         data = {key: value for key, value in raw.items()}
         env_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-        if env_uri:
-            section = data.get("mlflow")
-            data["mlflow"] = {**(section if isinstance(section, dict) else {}), "tracking_uri": env_uri}
+        section = data.get("mlflow")
+        if env_uri and (section is None or isinstance(section, dict)):  # else: reported below
+            data["mlflow"] = {**(section or {}), "tracking_uri": env_uri}
         root = root.resolve()
         try:
             return cls.model_validate(

@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -115,7 +116,13 @@ def _read_csv(path: Path, batch_number: int) -> pd.DataFrame:
             if delimiter in header[0]:
                 raise reject(f"header has one column and contains {delimiter!r}: CSV must use ','")
     try:
-        frame = pd.read_csv(io.StringIO(text), low_memory=False)
+        with warnings.catch_warnings():
+            # index_col=False stops pandas from silently turning the first column into the
+            # index when rows have more fields than the header; it warns instead: refuse.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.StringIO(text), low_memory=False, index_col=False)
+    except pd.errors.ParserWarning as exc:
+        raise reject("some rows have more fields than the header") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise reject(f"malformed CSV ({' '.join(str(exc).split())})") from exc
     return frame
@@ -150,11 +157,16 @@ def build_schema(
         name: pa.Column(float, checks=feature_checks, nullable=allow_missing_values, coerce=True)
         for name in feature_columns
     }
-    label_type = int if isinstance(classes[0], int) else str
+    # Integer labels are checked as floats so that 1.5 is rejected, not truncated to 1;
+    # validate_batch then casts them back to int.
+    label_type = float if isinstance(classes[0], int) else str
     columns[target_column] = pa.Column(
         label_type, checks=pa.Check.isin(list(classes)), nullable=False, coerce=True
     )
-    return pa.DataFrameSchema(columns, strict=True, ordered=False, coerce=True)
+    integer_target = target_column if label_type is float else None
+    return pa.DataFrameSchema(
+        columns, strict=True, ordered=False, coerce=True, metadata={"integer_target": integer_target}
+    )
 
 
 def validate_batch(
@@ -167,7 +179,11 @@ def validate_batch(
         valid = schema.validate(frame, lazy=True)
     except SchemaErrors as exc:
         raise DataValidationError(batch_number, file, describe_schema_errors(exc.failure_cases)) from exc
-    return valid[list(schema.columns)].reset_index(drop=True)
+    valid = valid[list(schema.columns)].reset_index(drop=True)
+    integer_target = (schema.metadata or {}).get("integer_target")
+    if integer_target:
+        valid[integer_target] = valid[integer_target].astype("int64")
+    return valid
 
 
 def describe_schema_errors(failures: pd.DataFrame, examples: int = 3) -> str:
@@ -195,7 +211,8 @@ def _column_problems(group: pd.DataFrame, examples: int) -> str:
         return _check_label("not_all_missing")
     parts = []
     for check, failed in group[~checks.str.startswith("dtype(")].groupby("check", sort=False):
-        parts.append(f"{_check_label(str(check))} {_examples(failed, examples)}")
+        is_label_check = str(check).startswith("isin(")
+        parts.append(f"{_check_label(str(check))} {_examples(failed, examples, labels=is_label_check)}")
     return "; ".join(parts)
 
 
@@ -217,10 +234,12 @@ def _check_label(check: str) -> str:
     return check
 
 
-def _examples(group: pd.DataFrame, limit: int) -> str:
+def _examples(group: pd.DataFrame, limit: int, labels: bool = False) -> str:
     shown = []
     for case, index in zip(group["failure_case"].head(limit), group["index"].head(limit), strict=True):
         where = f" at row {int(index) + 1}" if pd.notna(index) else ""
+        if labels and isinstance(case, float) and case.is_integer():
+            case = int(case)  # integer labels are validated as floats
         shown.append(f"{case!r}{where}")
     more = f" and {len(group) - limit} more" if len(group) > limit else ""
     return f"({', '.join(shown)}{more})"

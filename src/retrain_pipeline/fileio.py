@@ -21,6 +21,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600 files: keep the mode of the file being replaced, else 0644.
+        tmp.chmod(path.stat().st_mode & 0o777 if path.exists() else 0o644)
         _fsync_file(tmp)
         tmp.replace(path)  # os.replace: atomic on POSIX
         _fsync_dir(path.parent)

@@ -89,7 +89,7 @@ def decide_promotion(
     if new_score is None or _undefined(new_score):
         return PromotionDecision(False, f"new model {metric} is undefined on this holdout")
     threshold = champion_score - tolerance
-    if new_score >= threshold:
+    if new_score >= threshold or math.isclose(new_score, threshold, rel_tol=0, abs_tol=1e-12):
         return PromotionDecision(
             True, f"{metric} {new_score:.4f} >= champion {champion_score:.4f} - tolerance {tolerance:g}"
         )

@@ -204,9 +204,9 @@ def pipeline_lock(lock_file: Path, holder: dict[str, object]) -> Iterator[Path]:
     except filelock.Timeout as exc:
         raise PipelineBusyError(f"another run is in progress: {describe_holder(info_file)}") from exc
     try:
-        update_holder(
-            info_file, {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(), **holder}
-        )
+        # Written fresh: a killed run's leftover sidecar must not leak into this one.
+        holder_info = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(), **holder}
+        write_text_atomic(info_file, json.dumps(holder_info))
         yield info_file
     finally:
         info_file.unlink(missing_ok=True)

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 import yaml
 
@@ -40,8 +39,13 @@ def cli(prefect_home: Path, tmp_path: Path) -> Callable[..., subprocess.Complete
     def _run(*args: str, script: Path = FLOW) -> subprocess.CompletedProcess[str]:
         # Run from an unrelated folder: nothing may depend on the current directory.
         return subprocess.run(
-            [sys.executable, str(script), *args], cwd=tmp_path, env=env,
-            capture_output=True, text=True, timeout=300, check=False,
+            [sys.executable, str(script), *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
 
     return _run

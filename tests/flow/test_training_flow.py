@@ -14,8 +14,8 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-
 from flows.automated_training_flow import automated_training_flow
+
 from retrain_pipeline.config import load_settings
 from retrain_pipeline.data import SPLIT_COLUMN, breast_cancer_dataset
 from retrain_pipeline.errors import DataValidationError, StateError
@@ -143,7 +143,7 @@ def test_completed_batch_needs_force(make_project: Callable[..., Path]) -> None:
     state_file = load_settings(params).paths.state_file
     before = state_file.read_bytes()
 
-    with pytest.raises(StateError, match="batch 1 is already completed.*--force"):
+    with pytest.raises(StateError, match=r"batch 1 is already completed.*--force"):
         run(params, batch=1)
     assert state_file.read_bytes() == before
 
@@ -179,7 +179,9 @@ def test_landing_rejects_bad_batch_and_moves_on(make_project: Callable[..., Path
     champion_before = load_state(settings.paths.state_file).champion_version
     data_md5_before = dvc_md5(settings.training_data_file)
 
-    with pytest.raises(DataValidationError, match=r"batch 2 rejected: .*batch_2\.csv: missing column\(s\) \['mean_radius'\]"):
+    with pytest.raises(
+        DataValidationError, match=r"batch 2 rejected: .*batch_2\.csv: missing column\(s\) \['mean_radius'\]"
+    ):
         run(params)
 
     state = load_state(settings.paths.state_file)

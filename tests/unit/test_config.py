@@ -315,11 +315,6 @@ def test_invalid_environment_uri_is_a_config_error(
         load_settings(params)
 
 
-@pytest.mark.xfail(
-    reason="BUG: with MLFLOW_TRACKING_URI set, from_mapping replaces a non-mapping `mlflow` "
-    "section by {} instead of reporting its wrong type (config.py:332-333)",
-    strict=True,
-)
 @pytest.mark.parametrize("section", [5, [1, 2], "sqlite:///x.db"])
 def test_environment_override_does_not_hide_a_malformed_mlflow_section(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, params_writer, section: Any
@@ -536,12 +531,6 @@ def test_missing_params_file(tmp_path: Path, make_dir: bool) -> None:
 # --------------------------------------------------------------------------- bugs
 
 
-@pytest.mark.xfail(
-    reason="BUG: a dotted estimator whose constructor needs arguments raises a raw TypeError "
-    "instead of ConfigError (config.py:151 and :163 call estimator_class(...)() unguarded)",
-    strict=True,
-    raises=TypeError,
-)
 @pytest.mark.parametrize(
     "estimator", ["sklearn.ensemble.VotingClassifier", "sklearn.multiclass.OneVsRestClassifier"]
 )
@@ -553,11 +542,6 @@ def test_estimator_needing_constructor_arguments_is_a_config_error(
         load_settings(params)
 
 
-@pytest.mark.xfail(
-    reason="BUG: absolute paths are not normalised (config.py:60 returns them unresolved), so "
-    "'<root>/../outside' passes the inside-the-project check of data.processed_dir",
-    strict=True,
-)
 def test_absolute_path_with_dotdot_cannot_escape_the_project(tmp_path: Path, params_writer) -> None:
     root = tmp_path / "proj"
     params = params_writer(root, {"data": {"processed_dir": f"{root.resolve()}/../outside"}})
@@ -565,11 +549,6 @@ def test_absolute_path_with_dotdot_cannot_escape_the_project(tmp_path: Path, par
         load_settings(params)
 
 
-@pytest.mark.xfail(
-    reason="BUG: seeds accept any int, but numpy/scikit-learn need 0..2**32-1: the run crashes "
-    "later instead of a ConfigError (config.py:100, :142, :206 need ge=0, le=2**32-1)",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "raw",
     [

@@ -280,12 +280,6 @@ def test_read_batch_file_rejects(landing: Path, name: str, payload: bytes, probl
     assert_names_batch_and_file(e.value, 5, path)
 
 
-@pytest.mark.xfail(
-    reason="BUG: when data rows have one more field than the header, pandas silently uses the first "
-    "column as the index, so a column of data is dropped and the rest shift (data.py:118 needs "
-    "index_col=False)",
-    strict=True,
-)
 def test_rows_with_more_fields_than_the_header_are_not_silently_shifted(landing: Path) -> None:
     path = write_bytes(landing, "batch_2.csv", b"a,target\n10,1.5,0\n20,2.5,1\n30,3.5,0\n")
     with pytest.raises(DataValidationError, match="batch 2 rejected"):
@@ -456,11 +450,6 @@ def test_rejection_lists_three_examples_and_counts_the_rest() -> None:
     assert "(5 at row 2, 6 at row 3, 7 at row 4 and 2 more)" in str(e.value)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a non-integer label such as 1.5 or 0.7 is truncated to a valid class by the int "
-    "coercion instead of being rejected (data.py:153-156, build_schema)",
-    strict=True,
-)
 def test_non_integer_labels_are_rejected() -> None:
     frame = good_frame().assign(target=[0.0, 1.5, 0.7])
     with pytest.raises(DataValidationError, match="column 'target'"):

@@ -75,12 +75,6 @@ def umask_022():
     os.umask(previous)
 
 
-@pytest.mark.xfail(
-    reason="BUG: atomic_path creates the temp file with mkstemp (mode 0600) and renames it, so "
-    "every atomically written file (state, metrics, data, models) is owner-only and an existing "
-    "file's mode is clobbered (fileio.py atomic_path: chmod the temp to the old mode or 0o666 & ~umask)",
-    strict=True,
-)
 @pytest.mark.parametrize("existing", [False, True], ids=["new-file", "existing-file"])
 def test_atomic_write_keeps_normal_file_permissions(tmp_path: Path, umask_022, existing: bool) -> None:
     path = tmp_path / "metrics.json"

@@ -269,12 +269,6 @@ def test_decide_promotion_metric_missing_from_champion() -> None:
     assert "undefined" in decision.reason
 
 
-@pytest.mark.xfail(
-    reason="BUG: decide_promotion compares new >= champion - tolerance in raw floating point; "
-    "0.8 - 0.1 == 0.7000000000000001, so a model exactly at the tolerance is refused "
-    "(model.py decide_promotion; compare with a small epsilon / math.isclose)",
-    strict=True,
-)
 @pytest.mark.parametrize(("new", "champion", "tolerance"), [(0.7, 0.8, 0.1), (0.6, 0.9, 0.3)])
 def test_promotion_exactly_at_the_tolerance_boundary(new: float, champion: float, tolerance: float) -> None:
     assert not math.isclose(new, champion)  # a real boundary case, not equality

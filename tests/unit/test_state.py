@@ -417,12 +417,6 @@ def test_lock_of_a_killed_process_can_be_taken(lock_holder) -> None:
     assert info["flow_run_id"] == "next"
 
 
-@pytest.mark.xfail(
-    reason="BUG: pipeline_lock merges the new holder into the sidecar a killed run left behind "
-    "(update_holder reads the old file), so a refused run is told the dead run's batch "
-    "(state.py pipeline_lock: write the holder file fresh instead of merging)",
-    strict=True,
-)
 def test_stale_holder_info_of_a_killed_run_is_not_inherited(tmp_path: Path) -> None:
     lock_file = tmp_path / "state.lock"
     sidecar = tmp_path / "state.lock.holder.json"
