@@ -56,9 +56,7 @@ def record_batch(
     champion_version: str | None,
 ) -> PipelineState:
     """Write the batch's record into ``batch_state.json`` atomically; returns the new state."""
-    previous = state.record(batch_number)
-    if previous is not None:
-        record = record.model_copy(update={"attempts": previous.attempts + 1})
+    record = state_store.next_record(state.record(batch_number), record)
     new_state = state.with_batch(batch_number, record, champion_version)
     state_store.save_state(settings.paths.state_file, new_state)
     get_run_logger().info(

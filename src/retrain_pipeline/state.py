@@ -124,6 +124,21 @@ def _last_finished(batches: dict[str, BatchRecord]) -> int | None:
     return max(done) if done else None
 
 
+def next_record(previous: BatchRecord | None, attempt: BatchRecord) -> BatchRecord:
+    """The record to keep after an attempt at a batch that may have been tried before.
+
+    A failed or rejected retrain (``--force``) never un-completes a batch: the completed
+    record, its model and its data stay in use, and the attempt is noted in ``error``.
+    """
+    if previous is None:
+        return attempt
+    attempts = previous.attempts + 1
+    if previous.status == "completed" and attempt.status != "completed":
+        note = f"retrain attempt {attempts} {attempt.status} at {attempt.finished_at}: {attempt.error}"
+        return previous.model_copy(update={"attempts": attempts, "error": note})
+    return attempt.model_copy(update={"attempts": attempts})
+
+
 # --------------------------------------------------------------------------- file I/O
 
 

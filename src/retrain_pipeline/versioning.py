@@ -16,10 +16,19 @@ logger = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """DVC's Python API prints hints ("To track the changes with git ...") to stdout."""
+    """Keep DVC's CLI hints ("To track the changes with git, run ...") out of the run log.
+
+    DVC's Python API prints them to stdout and logs them at INFO; warnings still pass.
+    """
     buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        yield
+    dvc_logger = logging.getLogger("dvc")
+    level = dvc_logger.level
+    dvc_logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        dvc_logger.setLevel(level)
     if buffer.getvalue().strip():
         logger.debug("dvc: %s", buffer.getvalue().strip())
 

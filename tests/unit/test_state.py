@@ -23,6 +23,7 @@ from retrain_pipeline.state import (
     describe_holder,
     load_state,
     next_batch_number,
+    next_record,
     pipeline_lock,
     save_state,
     update_holder,
@@ -452,3 +453,38 @@ def test_update_holder_merges(tmp_path: Path) -> None:
     update_holder(info_file, {"pid": 1, "batch": 2})
     update_holder(info_file, {"batch": 3})
     assert json.loads(info_file.read_text(encoding="utf-8")) == {"pid": 1, "batch": 3}
+
+
+# --------------------------------------------------------------------------- next_record
+
+
+def _attempt(status: str, **extra: object) -> BatchRecord:
+    return BatchRecord(status=status, started_at="s", finished_at="f", **extra)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("new_status", ["failed", "rejected"])
+def test_a_failed_retrain_never_uncompletes_a_batch(new_status: str) -> None:
+    completed = _attempt("completed", model_version="4", data_md5="abc")
+
+    kept = next_record(completed, _attempt(new_status, error="boom"))
+
+    assert kept.status == "completed"
+    assert kept.model_version == "4" and kept.data_md5 == "abc"
+    assert kept.attempts == 2
+    assert kept.error == f"retrain attempt 2 {new_status} at f: boom"
+
+
+@pytest.mark.parametrize(
+    ("previous", "new_status"),
+    [("completed", "completed"), ("failed", "completed"), ("failed", "failed"), ("rejected", "completed")],
+)
+def test_other_attempts_replace_the_record_and_count(previous: str, new_status: str) -> None:
+    result = next_record(_attempt(previous, attempts=3), _attempt(new_status, model_version="9"))
+    assert result.status == new_status
+    assert result.model_version == "9"
+    assert result.attempts == 4
+
+
+def test_first_attempt_is_kept_as_is() -> None:
+    attempt = _attempt("failed", error="x")
+    assert next_record(None, attempt) == attempt
