@@ -7,6 +7,9 @@ PARAMS ?= $(CURDIR)/params.yaml
 BATCH ?=
 MLFLOW_HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
+PREFECT_HOST ?= 127.0.0.1
+PREFECT_PORT ?= 4200
+WAIT ?= 600
 
 # Poetry lives in its own virtual environment under .tools/; the project's in .venv/.
 POETRY_VERSION := 2.5.1
@@ -21,7 +24,9 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install setup run run-manual status demo mlflow-ui clean test test-fast lint format
+.PHONY: help install setup run run-manual run-all status demo mlflow-ui clean test lint \
+	start-services stop-services services-status deploy start-worker start-agent start-worker-bg \
+	stop-worker trigger stop
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,19 +47,66 @@ install: $(STAMP) ## Install Poetry (if absent) and the locked environment into 
 setup: install ## Create folders, `dvc init` once and write the raw demo data
 	$(PY) -m retrain_pipeline.cli setup --params "$(PARAMS)"
 
-run: setup ## Process the next batch once (no services needed)
-	$(PY) flows/automated_training_flow.py --params "$(PARAMS)"
+SERVICES := $(PY) -m retrain_pipeline.services --params "$(PARAMS)"
+ENDPOINTS := --prefect-host "$(PREFECT_HOST)" --prefect-port "$(PREFECT_PORT)" \
+	--mlflow-host "$(MLFLOW_HOST)" --mlflow-port "$(MLFLOW_PORT)"
+# When the services run, manual runs report to them (same Prefect UI, same MLflow server).
+SERVICES_ENV = $$($(SERVICES) env)
+
+run: setup ## Process the next batch once (no services needed; uses them when they run)
+	env $(SERVICES_ENV) $(PY) flows/automated_training_flow.py --params "$(PARAMS)"
 
 run-manual: setup ## Process batch BATCH=N (add FORCE=1 to retrain a completed batch)
 	@test -n "$(BATCH)" || { echo "usage: make run-manual BATCH=N [FORCE=1]" >&2; exit 2; }
-	$(PY) flows/automated_training_flow.py "$(BATCH)" --params "$(PARAMS)" $(if $(FORCE),--force,)
+	env $(SERVICES_ENV) $(PY) flows/automated_training_flow.py "$(BATCH)" --params "$(PARAMS)" $(if $(FORCE),--force,)
+
+run-all: setup ## Process every pending batch now, one flow run each, without the schedule
+	env $(SERVICES_ENV) $(PY) flows/automated_training_flow.py --all --params "$(PARAMS)"
+
+start-services: setup ## Start Prefect (PREFECT_HOST:PREFECT_PORT) and MLflow (MLFLOW_HOST:MLFLOW_PORT) servers
+	$(SERVICES) start prefect mlflow $(ENDPOINTS)
+
+stop-services: install ## Stop the worker and the servers that start-services started
+	$(SERVICES) stop worker mlflow prefect
+
+services-status: install ## Which of prefect, mlflow, worker are running
+	@$(SERVICES) status
+
+deploy: install ## Register the cron deployment on the process work pool (needs start-services)
+	env $(SERVICES_ENV) $(PY) deployments/setup_deployment.py --params "$(PARAMS)"
+
+start-worker: install ## Run a process worker for the pool in the foreground (Ctrl+C stops it)
+	$(SERVICES) run worker
+
+start-agent: ## Old name: Prefect 3 has workers, not agents; starts a worker
+	@echo "Prefect 3 replaced agents with workers: starting a process worker (make start-worker)."
+	@$(MAKE) --no-print-directory start-worker
+
+start-worker-bg: install ## Start a process worker in the background (pid and log in .services/)
+	$(SERVICES) start worker
+
+stop-worker: install ## Stop the background worker
+	$(SERVICES) stop worker
+
+trigger: install ## Start one deployment run now and wait for it (WAIT=seconds)
+	env $(SERVICES_ENV) $(PY) deployments/setup_deployment.py --params "$(PARAMS)" --run-now --wait "$(WAIT)"
+
+stop: install ## Stop everything: worker, MLflow and Prefect servers
+	$(SERVICES) stop worker mlflow prefect
 
 status: install ## Table of batches, metrics, promotions and the champion (JSON=1 for JSON)
 	@$(PY) -m retrain_pipeline.cli status --params "$(PARAMS)" $(if $(JSON),--json,)
 
-demo: setup ## Install, set up and train batches 1..max_batches, then show the status
-	$(PY) flows/automated_training_flow.py --all --params "$(PARAMS)"
+demo: setup ## The full story: services, deployment, worker, a first run now, then every 2 minutes
+	$(SERVICES) start prefect mlflow worker $(ENDPOINTS)
+	$(MAKE) --no-print-directory trigger
 	@$(MAKE) --no-print-directory status
+	@echo
+	@echo "Prefect UI:  http://$(PREFECT_HOST):$(PREFECT_PORT)   (deployment automated-training/...)"
+	@echo "MLflow UI:   http://$(MLFLOW_HOST):$(MLFLOW_PORT)   (experiment and registered model)"
+	@echo "The worker keeps running: the schedule trains the next batch every 2 minutes"
+	@echo "until automation.max_batches, then pauses itself. 'make status' shows progress;"
+	@echo "'make stop' stops the worker and both servers."
 
 mlflow-ui: install ## MLflow UI over the project's store on MLFLOW_HOST:MLFLOW_PORT (127.0.0.1:5000)
 	$(PY) -m retrain_pipeline.cli mlflow-ui --params "$(PARAMS)" --host "$(MLFLOW_HOST)" --port "$(MLFLOW_PORT)"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefect import get_run_logger, task
+from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from retrain_pipeline import state as state_store
@@ -22,6 +22,7 @@ class BatchChoice:
 
     batch_number: int | None
     reason: str
+    all_done: bool = False  # max_batches reached: nothing will ever be left to do
 
 
 @task(name="load-state", cache_policy=NO_CACHE)
@@ -36,7 +37,7 @@ def choose_batch(settings: Settings, state: PipelineState, requested: int | None
     if requested is None:
         number = state_store.next_batch_number(state)
         if number > max_batches:
-            return BatchChoice(None, f"all {max_batches} batches are done (automation.max_batches)")
+            return BatchChoice(None, f"all {max_batches} batches are done (automation.max_batches)", True)
         return BatchChoice(number, f"next batch after {state.last_batch or 'none'}")
     if requested > max_batches:
         raise StateError(
@@ -63,3 +64,13 @@ def record_batch(
         "Recorded batch %d as %s in %s", batch_number, record.status, settings.paths.state_file
     )
     return new_state
+
+
+@task(name="pause-schedule", cache_policy=NO_CACHE)
+def pause_schedule(deployment_id: str) -> None:
+    """Pause the deployment's schedule (``automation.pause_when_done``)."""
+    with get_client(sync_client=True) as client:
+        client.pause_deployment(deployment_id)
+    get_run_logger().info(
+        "All batches done: paused deployment %s (run setup_deployment again to resume)", deployment_id
+    )

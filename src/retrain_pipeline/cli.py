@@ -115,7 +115,7 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _host(text: str) -> str:
+def host_argument(text: str) -> str:
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -124,7 +124,7 @@ def _host(text: str) -> str:
     return text
 
 
-def _port(text: str) -> int:
+def port_argument(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"port must be an integer between 1 and 65535, got {text!r}")
     return int(text)
@@ -144,6 +144,7 @@ def _mlflow_ui(settings: Settings, host: str, port: int) -> int:
         settings.mlflow.tracking_uri,
         "--default-artifact-root",
         settings.mlflow.artifact_location.as_uri(),
+        "--no-serve-artifacts",
         "--host",
         host,
         "--port",
@@ -168,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ui = commands.add_parser(
         "mlflow-ui", parents=[common], help="serve the MLflow UI over the project's store"
     )
-    ui.add_argument("--host", type=_host, default="127.0.0.1")
-    ui.add_argument("--port", type=_port, default=5000)
+    ui.add_argument("--host", type=host_argument, default="127.0.0.1")
+    ui.add_argument("--port", type=port_argument, default=5000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -46,6 +46,7 @@ ESTIMATORS: dict[str, str] = {
     "logistic_regression": "sklearn.linear_model.LogisticRegression",
 }
 
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # pool and deployment names
 _TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 _REMOTE_SCHEMES = ("http", "https", "databricks")
 
@@ -227,7 +228,8 @@ class MlflowConfig(_Section):
     # pipeline creates. Remote servers (http/https) choose their own artifact location.
     artifact_location: ProjectPath = Path("mlartifacts")
     max_retries: int = Field(default=3, ge=0, le=20)
-    retry_backoff_seconds: float = Field(default=2.0, ge=0, le=300)
+    retry_backoff_factor: int = Field(default=2, ge=0, le=60)  # waits factor * 2**(n-1) s
+    request_timeout_seconds: int = Field(default=30, gt=0, le=600)
 
     @field_validator("tracking_uri")
     @classmethod
@@ -245,6 +247,9 @@ class AutomationConfig(_Section):
     cron_schedule: str = "*/2 * * * *"
     timezone: str = "UTC"
     max_batches: int = Field(default=8, gt=0, le=MAX_BATCH_NUMBER)
+    work_pool: str = Field(default="retraining-pool", pattern=_NAME_PATTERN)
+    deployment_name: str = Field(default="automated-retraining", pattern=_NAME_PATTERN)
+    pause_when_done: bool = True
 
     @field_validator("cron_schedule")
     @classmethod

@@ -39,7 +39,8 @@ def connect(config: MlflowConfig) -> str:
     from mlflow.exceptions import MlflowException
 
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.max_retries)
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(config.retry_backoff_seconds)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(config.retry_backoff_factor)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(config.request_timeout_seconds)
     mlflow.set_tracking_uri(config.tracking_uri)
     try:
         experiment = mlflow.get_experiment_by_name(config.experiment_name)

@@ -14,8 +14,8 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from flows.automated_training_flow import automated_training_flow
 
+from flows.automated_training_flow import automated_training_flow
 from retrain_pipeline.config import load_settings
 from retrain_pipeline.data import SPLIT_COLUMN, breast_cancer_dataset
 from retrain_pipeline.errors import DataValidationError, StateError

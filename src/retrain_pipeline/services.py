@@ -1,0 +1,401 @@
+"""Background services of the scheduled mode: Prefect server, MLflow server, process worker.
+
+Each service runs in its own session (process group) with a pid file and a log file in
+the project's ``.services/`` folder. ``start`` is idempotent and waits until the service
+answers (or fails with the tail of its log); ``stop`` stops exactly the process group that
+``start`` recorded, and a stale pid file (dead or reused pid) is removed, not trusted.
+
+    python -m retrain_pipeline.services start prefect mlflow worker --params params.yaml
+    python -m retrain_pipeline.services stop worker mlflow prefect --params params.yaml
+    python -m retrain_pipeline.services status --params params.yaml
+    python -m retrain_pipeline.services env --params params.yaml   # for make: URLs of running services
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from retrain_pipeline.cli import host_argument, port_argument
+from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline.errors import PipelineError
+from retrain_pipeline.fileio import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAMES = ("prefect", "mlflow", "worker")
+
+
+class ServiceError(PipelineError):
+    """A service did not start or stop."""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    prefect_host: str = "127.0.0.1"
+    prefect_port: int = 4200
+    mlflow_host: str = "127.0.0.1"
+    mlflow_port: int = 5000
+
+    @property
+    def prefect_api(self) -> str:
+        return f"http://{self.prefect_host}:{self.prefect_port}/api"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://{self.mlflow_host}:{self.mlflow_port}"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    url: str
+    ready: Callable[[str], bool]  # given what the service logged since this start
+    stop_signal: signal.Signals
+    marker: str  # must appear in /proc/<pid>/cmdline: guards against a reused pid
+
+
+def run_dir(settings: Settings) -> Path:
+    return settings.root / ".services"
+
+
+def prefect_home(settings: Settings) -> Path:
+    return settings.root / ".prefect"
+
+
+def _bin(name: str) -> str:
+    """An executable of this environment (the project's .venv)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def _http_ok(url: str) -> Callable[[str], bool]:
+    def check(_: str) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    return check
+
+
+def _log_says(text: str) -> Callable[[str], bool]:
+    def check(log_text: str) -> bool:
+        return text in log_text
+
+    return check
+
+
+def base_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(prefect_home(settings)),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def spec_for(name: str, settings: Settings, endpoints: Endpoints) -> ServiceSpec:
+    """How to run one service for this project."""
+    env = base_env(settings)
+    if name == "prefect":
+        env.pop("PREFECT_API_URL", None)
+        return ServiceSpec(
+            name,
+            [
+                _bin("prefect"),
+                "server",
+                "start",
+                "--host",
+                endpoints.prefect_host,
+                "--port",
+                str(endpoints.prefect_port),
+            ],
+            env,
+            endpoints.prefect_api,
+            _http_ok(f"{endpoints.prefect_api}/health"),
+            signal.SIGTERM,
+            "prefect",
+        )
+    if name == "mlflow":
+        store = settings.mlflow.tracking_uri
+        if settings.mlflow.is_remote:
+            raise ServiceError(f"mlflow.tracking_uri is already a server ({store}); nothing to start")
+        return ServiceSpec(
+            name,
+            [
+                _bin("mlflow"),
+                "server",
+                "--backend-store-uri",
+                store,
+                "--artifacts-destination",
+                str(settings.mlflow.artifact_location),
+                "--host",
+                endpoints.mlflow_host,
+                "--port",
+                str(endpoints.mlflow_port),
+                "--workers",
+                "1",
+            ],
+            env,
+            endpoints.mlflow_uri,
+            _http_ok(f"{endpoints.mlflow_uri}/health"),
+            signal.SIGTERM,
+            "mlflow",
+        )
+    if name == "worker":
+        env.update(worker_env(settings))
+        return ServiceSpec(
+            name,
+            [
+                _bin("prefect"),
+                "worker",
+                "start",
+                "--pool",
+                settings.automation.work_pool,
+                "--type",
+                "process",
+            ],
+            env,
+            env["PREFECT_API_URL"],
+            _log_says("started!"),
+            signal.SIGINT,  # a Prefect worker ignores SIGTERM for a long time; SIGINT stops it
+            "worker",
+        )
+    raise ServiceError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}")
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The worker talks to the running Prefect server; its flow runs log to the running MLflow."""
+    urls = running_urls(settings)
+    if "prefect" not in urls:
+        raise ServiceError("the Prefect server is not running: run `make start-services` first")
+    env = {"PREFECT_API_URL": urls["prefect"]}
+    if "mlflow" in urls:
+        env["MLFLOW_TRACKING_URI"] = urls["mlflow"]
+    return env
+
+
+# --------------------------------------------------------------------------- pid files
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return run_dir(settings) / f"{name}.pid"
+
+
+def _log_file(settings: Settings, name: str) -> Path:
+    return run_dir(settings) / f"{name}.log"
+
+
+def _alive(pid: int, marker: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return marker in cmdline and "State:\tZ" not in status
+
+
+def recorded(settings: Settings, name: str) -> dict[str, object] | None:
+    """The pid file's record if its process is alive; a stale pid file is removed."""
+    pid_file = _pid_file(settings, name)
+    try:
+        record = json.loads(pid_file.read_text(encoding="utf-8"))
+        pid, marker = int(record["pid"]), str(record["marker"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        logger.warning("Removing unreadable pid file %s", pid_file)
+        pid_file.unlink(missing_ok=True)
+        return None
+    if not _alive(pid, marker):
+        logger.info("Removing stale pid file %s (pid %d is not %s)", pid_file, pid, name)
+        pid_file.unlink(missing_ok=True)
+        return None
+    return dict(record)
+
+
+def running_urls(settings: Settings) -> dict[str, str]:
+    urls = {}
+    for name in ("prefect", "mlflow"):
+        record = recorded(settings, name)
+        if record is not None:
+            urls[name] = str(record["url"])
+    return urls
+
+
+# --------------------------------------------------------------------------- start / stop
+
+
+def start(spec: ServiceSpec, settings: Settings, timeout: float = 120.0) -> str:
+    """Start ``spec`` in the background unless it runs already; wait until it is ready."""
+    record = recorded(settings, spec.name)
+    if record is not None:
+        return f"{spec.name}: already running (pid {record['pid']}, {record['url']})"
+    run_dir(settings).mkdir(parents=True, exist_ok=True)
+    log_file = _log_file(settings, spec.name)
+    with log_file.open("ab") as log:
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(spec.argv)}\n".encode())
+        log.flush()
+        offset = log.tell()
+        process = subprocess.Popen(
+            spec.argv,
+            env=spec.env,
+            cwd=settings.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    record = {
+        "pid": process.pid,
+        "marker": spec.marker,
+        "url": spec.url,
+        "argv": spec.argv,
+        "stop_signal": spec.stop_signal.name,
+    }
+    write_text_atomic(_pid_file(settings, spec.name), json.dumps(record))
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            _pid_file(settings, spec.name).unlink(missing_ok=True)
+            raise ServiceError(
+                f"{spec.name} exited with code {process.returncode}:\n{_tail(log_file, offset)}"
+            )
+        if spec.ready(_read_from(log_file, offset)):
+            return (
+                f"{spec.name}: started (pid {process.pid}, {spec.url}) in {time.monotonic() - started:.1f} s"
+            )
+        time.sleep(0.5)
+    _stop_group(process.pid, spec.stop_signal, 10)
+    _pid_file(settings, spec.name).unlink(missing_ok=True)
+    raise ServiceError(f"{spec.name} did not become ready within {timeout:.0f} s:\n{_tail(log_file, offset)}")
+
+
+def stop(settings: Settings, name: str, timeout: float = 30.0) -> str:
+    """Stop the recorded process group of ``name``; removes its pid file."""
+    record = recorded(settings, name)
+    if record is None:
+        return f"{name}: not running"
+    pid = int(str(record["pid"]))
+    stop_signal = signal.Signals[str(record.get("stop_signal", "SIGTERM"))]
+    how = _stop_group(pid, stop_signal, timeout)
+    _pid_file(settings, name).unlink(missing_ok=True)
+    return f"{name}: stopped (pid {pid}, {how})"
+
+
+def _stop_group(pid: int, stop_signal: signal.Signals, timeout: float) -> str:
+    try:
+        os.killpg(pid, stop_signal)
+    except ProcessLookupError:
+        return "already gone"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _group_alive(pid):
+            return stop_signal.name
+        time.sleep(0.25)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return stop_signal.name
+    return f"SIGKILL after {stop_signal.name} timed out"
+
+
+def _group_alive(pgid: int) -> bool:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # fields after the command name: state ppid pgrp ...
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _read_from(log_file: Path, offset: int) -> str:
+    try:
+        with log_file.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _tail(log_file: Path, offset: int, lines: int = 30) -> str:
+    text = _read_from(log_file, offset)
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml")
+    common.add_argument("--prefect-host", type=host_argument, default="127.0.0.1")
+    common.add_argument("--prefect-port", type=port_argument, default=4200)
+    common.add_argument("--mlflow-host", type=host_argument, default="127.0.0.1")
+    common.add_argument("--mlflow-port", type=port_argument, default=5000)
+    common.add_argument("--timeout", type=float, default=120.0)
+    parser = argparse.ArgumentParser(prog="python -m retrain_pipeline.services")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command in ("start", "stop"):
+        sub = commands.add_parser(command, parents=[common])
+        sub.add_argument("names", nargs="+", choices=SERVICE_NAMES)
+    commands.add_parser("run", parents=[common], help="run a service in the foreground").add_argument(
+        "name", choices=SERVICE_NAMES
+    )
+    commands.add_parser("status", parents=[common])
+    commands.add_parser("env", parents=[common])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        settings = load_settings(args.params)
+        endpoints = Endpoints(args.prefect_host, args.prefect_port, args.mlflow_host, args.mlflow_port)
+        if args.command == "start":
+            for name in args.names:
+                print(start(spec_for(name, settings, endpoints), settings, args.timeout), flush=True)
+        elif args.command == "run":
+            spec = spec_for(args.name, settings, endpoints)
+            print(f"{spec.name}: {shlex.join(spec.argv)} (Ctrl+C stops it)", flush=True)
+            os.execve(spec.argv[0], spec.argv, spec.env)  # replaces this process; no shell
+        elif args.command == "stop":
+            for name in args.names:
+                print(stop(settings, name, args.timeout), flush=True)
+        elif args.command == "status":
+            for name in SERVICE_NAMES:
+                record = recorded(settings, name)
+                print(
+                    f"{name}: " + (f"running (pid {record['pid']}, {record['url']})" if record else "stopped")
+                )
+        elif args.command == "env":
+            urls = running_urls(settings)
+            exports = {"PREFECT_API_URL": urls.get("prefect"), "MLFLOW_TRACKING_URI": urls.get("mlflow")}
+            print(" ".join(f"{key}={value}" for key, value in exports.items() if value))
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
