@@ -111,8 +111,9 @@ demo: setup ## The full story: services, deployment, worker, a first run now, th
 mlflow-ui: install ## MLflow UI over the project's store on MLFLOW_HOST:MLFLOW_PORT (127.0.0.1:5000)
 	$(PY) -m retrain_pipeline.cli mlflow-ui --params "$(PARAMS)" --host "$(MLFLOW_HOST)" --port "$(MLFLOW_PORT)"
 
-clean: ## Remove generated outputs (keeps data/raw, data/landing, params and the environment)
-	rm -rf data/processed data/quarantine mlflow.db mlartifacts mlruns .prefect \
+clean: ## Stop the services, remove generated outputs (keeps data/raw, data/landing, params, .venv)
+	@if [ -x "$(PY)" ]; then $(SERVICES) stop worker mlflow prefect; fi
+	rm -rf data/processed data/quarantine mlflow.db mlartifacts mlruns .prefect .services \
 	  batch_state.json batch_state.json.* .dvc/cache .dvc/tmp .pytest_cache
 	find models metrics -mindepth 1 ! -name .gitkeep -delete 2>/dev/null || true
 	@echo "Cleaned generated outputs; data/raw, data/landing and .venv are kept."

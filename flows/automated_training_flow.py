@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 
 from retrain_pipeline.batch_manager import choose_batch, load_state, pause_schedule, record_batch
 from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings
@@ -100,8 +100,8 @@ def _process_batch(settings: Settings, requested: int | None, force: bool, holde
     n = choice.batch_number
     if n is None:
         logger.info("Nothing to do: %s", choice.reason)
-        if choice.all_done and settings.automation.pause_when_done and flow_run.deployment_id:
-            pause_schedule(str(flow_run.deployment_id))
+        if choice.all_done and settings.automation.pause_when_done and deployment.id:
+            pause_schedule(str(deployment.id))
         return _outcome("nothing_to_do", None, choice.reason)
     update_holder(holder, {"batch": n})
     logger.info("Processing batch %d (%s)", n, choice.reason)

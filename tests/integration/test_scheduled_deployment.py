@@ -1,0 +1,241 @@
+"""The scheduled product for real: a Prefect server, an MLflow server, a process worker and
+the cron deployment, all started on free loopback ports by these tests and torn down after.
+
+The tests share one set of services and run in file order: trigger (batch 1), two runs at
+once (batch 2), the schedule itself (batch 3 = max_batches), then pause-when-done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+import mlflow
+import pytest
+import yaml
+from prefect import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+from prefect.client.schemas.objects import FlowRun
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from retrain_pipeline import services
+from retrain_pipeline.config import load_settings
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+SETUP = REPO / "deployments" / "setup_deployment.py"
+NEVER = "0 0 1 1 *"  # a cron that will not fire during the test: manual triggers only
+PARAMS = {
+    "data": {"source": "sliced", "batch_size": 60},
+    "model": {"estimator": "logistic_regression", "hyperparameters": {"max_iter": 500}},
+    "automation": {
+        "max_batches": 3,
+        "cron_schedule": NEVER,
+        "timezone": "Europe/Berlin",
+        "work_pool": "it-pool",
+        "deployment_name": "it-retraining",
+    },
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    root: Path
+    params: Path
+    env: dict[str, str]
+    api_url: str
+    mlflow_uri: str
+
+    def setup_deployment(self, *args: str, params: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(SETUP), "--params", str(params or self.params), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    def state(self) -> dict:
+        return json.loads((self.root / "batch_state.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("scheduled")
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump(PARAMS))
+    prefect_port, mlflow_port = _free_port(), _free_port()
+    settings = load_settings(params)
+    endpoints = services.Endpoints("127.0.0.1", prefect_port, "127.0.0.1", mlflow_port)
+    saved = dict(os.environ)
+    os.environ.update(
+        # The scheduler looks for due runs every 5 s (default 60), the worker polls every 2 s.
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5",
+        PREFECT_WORKER_QUERY_SECONDS="2",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    for key in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_PROFILE"):
+        os.environ.pop(key, None)
+    try:
+        for name in ("prefect", "mlflow"):
+            services.start(services.spec_for(name, settings, endpoints), settings, timeout=180)
+        env = {
+            **services.base_env(settings),
+            "PREFECT_API_URL": endpoints.prefect_api,
+            "MLFLOW_TRACKING_URI": endpoints.mlflow_uri,
+        }
+        deployed = subprocess.run(
+            [sys.executable, str(SETUP), "--params", str(params)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert deployed.returncode == 0, deployed.stderr[-3000:]
+        os.environ["PREFECT_API_URL"] = endpoints.prefect_api
+        services.start(services.spec_for("worker", settings, endpoints), settings, timeout=120)
+        with temporary_settings(updates={PREFECT_API_URL: endpoints.prefect_api}):
+            yield Stack(root, params, env, endpoints.prefect_api, endpoints.mlflow_uri)
+    finally:
+        for name in ("worker", "mlflow", "prefect"):
+            print(services.stop(settings, name, timeout=30))
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _deployment(name: str = "it-retraining"):  # type: ignore[no-untyped-def]
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(f"automated-training/{name}")
+
+
+def _wait(flow_run_ids: list[UUID], timeout: float = 240) -> list[FlowRun]:
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [client.read_flow_run(i) for i in flow_run_ids]
+            if all(r.state is not None and r.state.is_final() for r in runs):
+                return runs
+            assert time.monotonic() < deadline, [(r.name, r.state_name) for r in runs]
+            time.sleep(2)
+
+
+def _mlflow_batches(stack: Stack) -> list[str]:
+    client = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri)
+    experiment = client.get_experiment_by_name("automated-retraining")
+    return sorted(r.data.tags["batch_number"] for r in client.search_runs([experiment.experiment_id]))
+
+
+def test_deployment_is_registered_as_configured(stack: Stack) -> None:
+    deployment = _deployment()
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool("it-pool")
+    assert pool.type == "process"
+    assert deployment.work_pool_name == "it-pool"
+    assert [s.schedule.cron for s in deployment.schedules] == [NEVER]
+    assert [s.schedule.timezone for s in deployment.schedules] == ["Europe/Berlin"]
+    assert deployment.concurrency_limit == 1 or deployment.global_concurrency_limit.limit == 1
+    assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW"
+    assert deployment.job_variables["working_dir"] == str(REPO)
+    assert deployment.job_variables["env"]["MLFLOW_TRACKING_URI"] == stack.mlflow_uri
+    assert deployment.parameters["params_path"] == str(stack.params)
+    assert deployment.paused is False
+
+    # Deploying again updates the same deployment: one deployment, one schedule.
+    again = stack.setup_deployment()
+    assert again.returncode == 0, again.stderr[-3000:]
+    with get_client(sync_client=True) as client:
+        found = client.read_deployments(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        )
+        all_deployments = client.read_deployments()
+    assert len(found) == 1
+    assert [d.name for d in all_deployments] == ["it-retraining"]
+    assert len(_deployment().schedules) == 1
+
+
+def test_triggered_run_trains_through_the_worker(stack: Stack) -> None:
+    started = time.monotonic()
+    result = stack.setup_deployment("--run-now", "--wait", "240")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Completed" in result.stdout
+    print(f"deploy + trigger -> COMPLETED: {elapsed:.1f} s")
+
+    state = stack.state()
+    assert state["processed_batches"] == [1]
+    assert state["batches"]["1"]["status"] == "completed"
+    assert _mlflow_batches(stack) == ["1"]
+    assert state["champion_version"] == "1"
+
+
+def test_two_runs_at_once_train_only_once(stack: Stack) -> None:
+    deployment = _deployment()
+    with get_client(sync_client=True) as client:
+        runs = [client.create_flow_run_from_deployment(deployment.id) for _ in range(2)]
+    finals = _wait([r.id for r in runs])
+
+    states = sorted(r.state_name for r in finals)
+    state = stack.state()
+    assert state["processed_batches"] == [1, 2], states
+    assert _mlflow_batches(stack) == ["1", "2"]
+    # Either the deployment's concurrency limit cancelled the second run, or it reached the
+    # pipeline lock and did nothing: never two trainings.
+    assert states.count("Completed") >= 1
+    assert all(s in ("Completed", "Cancelled") for s in states), states
+
+
+def test_the_cron_schedule_itself_fires(stack: Stack) -> None:
+    minute = stack.root / "params-minute.yaml"
+    minute.write_text(
+        yaml.safe_dump({**PARAMS, "automation": {**PARAMS["automation"], "cron_schedule": "* * * * *"}})
+    )
+    result = stack.setup_deployment(params=minute)
+    assert result.returncode == 0, result.stderr[-3000:]
+    deployment = _deployment()
+    assert [s.schedule.cron for s in deployment.schedules] == ["* * * * *"]
+
+    deadline = time.monotonic() + 200
+    completed: list[FlowRun] = []
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline and not completed:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    deployment_id={"any_": [deployment.id]}, state={"type": {"any_": ["COMPLETED"]}}
+                ),
+                limit=50,
+            )
+            completed = [r for r in runs if r.auto_scheduled]
+            time.sleep(3)
+    assert completed, "no scheduled run completed within 200 s"
+    assert stack.state()["processed_batches"] == [1, 2, 3]
+
+
+def test_schedule_pauses_when_all_batches_are_done(stack: Stack) -> None:
+    deployment = _deployment()
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run_from_deployment(deployment.id)
+    (final,) = _wait([flow_run.id])
+    assert final.state_name in ("Completed", "Cancelled")  # cancelled: a scheduled run held the slot
+    deadline = time.monotonic() + 120
+    while not _deployment().paused:
+        assert time.monotonic() < deadline, "deployment was not paused after max_batches"
+        time.sleep(2)
+    assert stack.state()["processed_batches"] == [1, 2, 3]
+    assert _mlflow_batches(stack) == ["1", "2", "3"]
