@@ -47,11 +47,11 @@ install: $(STAMP) ## Install Poetry (if absent) and the locked environment into 
 setup: install ## Create folders, `dvc init` once and write the raw demo data
 	$(PY) -m retrain_pipeline.cli setup --params "$(PARAMS)"
 
-SERVICES := $(PY) -m retrain_pipeline.services --params "$(PARAMS)"
+SERVICES := $(PY) -m retrain_pipeline.services
 ENDPOINTS := --prefect-host "$(PREFECT_HOST)" --prefect-port "$(PREFECT_PORT)" \
 	--mlflow-host "$(MLFLOW_HOST)" --mlflow-port "$(MLFLOW_PORT)"
 # When the services run, manual runs report to them (same Prefect UI, same MLflow server).
-SERVICES_ENV = $$($(SERVICES) env)
+SERVICES_ENV = $$($(SERVICES) env --params "$(PARAMS)")
 
 run: setup ## Process the next batch once (no services needed; uses them when they run)
 	env $(SERVICES_ENV) $(PY) flows/automated_training_flow.py --params "$(PARAMS)"
@@ -64,41 +64,41 @@ run-all: setup ## Process every pending batch now, one flow run each, without th
 	env $(SERVICES_ENV) $(PY) flows/automated_training_flow.py --all --params "$(PARAMS)"
 
 start-services: setup ## Start Prefect (PREFECT_HOST:PREFECT_PORT) and MLflow (MLFLOW_HOST:MLFLOW_PORT) servers
-	$(SERVICES) start prefect mlflow $(ENDPOINTS)
+	$(SERVICES) start prefect mlflow --params "$(PARAMS)" $(ENDPOINTS)
 
 stop-services: install ## Stop the worker and the servers that start-services started
-	$(SERVICES) stop worker mlflow prefect
+	$(SERVICES) stop worker mlflow prefect --params "$(PARAMS)"
 
 services-status: install ## Which of prefect, mlflow, worker are running
-	@$(SERVICES) status
+	@$(SERVICES) status --params "$(PARAMS)"
 
 deploy: install ## Register the cron deployment on the process work pool (needs start-services)
 	env $(SERVICES_ENV) $(PY) deployments/setup_deployment.py --params "$(PARAMS)"
 
 start-worker: install ## Run a process worker for the pool in the foreground (Ctrl+C stops it)
-	$(SERVICES) run worker
+	$(SERVICES) run worker --params "$(PARAMS)"
 
 start-agent: ## Old name: Prefect 3 has workers, not agents; starts a worker
 	@echo "Prefect 3 replaced agents with workers: starting a process worker (make start-worker)."
 	@$(MAKE) --no-print-directory start-worker
 
 start-worker-bg: install ## Start a process worker in the background (pid and log in .services/)
-	$(SERVICES) start worker
+	$(SERVICES) start worker --params "$(PARAMS)"
 
 stop-worker: install ## Stop the background worker
-	$(SERVICES) stop worker
+	$(SERVICES) stop worker --params "$(PARAMS)"
 
 trigger: install ## Start one deployment run now and wait for it (WAIT=seconds)
 	env $(SERVICES_ENV) $(PY) deployments/setup_deployment.py --params "$(PARAMS)" --run-now --wait "$(WAIT)"
 
 stop: install ## Stop everything: worker, MLflow and Prefect servers
-	$(SERVICES) stop worker mlflow prefect
+	$(SERVICES) stop worker mlflow prefect --params "$(PARAMS)"
 
 status: install ## Table of batches, metrics, promotions and the champion (JSON=1 for JSON)
 	@$(PY) -m retrain_pipeline.cli status --params "$(PARAMS)" $(if $(JSON),--json,)
 
 demo: setup ## The full story: services, deployment, worker, a first run now, then every 2 minutes
-	$(SERVICES) start prefect mlflow worker $(ENDPOINTS)
+	$(SERVICES) start prefect mlflow worker --params "$(PARAMS)" $(ENDPOINTS)
 	$(MAKE) --no-print-directory trigger
 	@$(MAKE) --no-print-directory status
 	@echo
@@ -112,7 +112,7 @@ mlflow-ui: install ## MLflow UI over the project's store on MLFLOW_HOST:MLFLOW_P
 	$(PY) -m retrain_pipeline.cli mlflow-ui --params "$(PARAMS)" --host "$(MLFLOW_HOST)" --port "$(MLFLOW_PORT)"
 
 clean: ## Stop the services, remove generated outputs (keeps data/raw, data/landing, params, .venv)
-	@if [ -x "$(PY)" ]; then $(SERVICES) stop worker mlflow prefect; fi
+	@if [ -x "$(PY)" ]; then $(SERVICES) stop worker mlflow prefect --params "$(PARAMS)"; fi
 	rm -rf data/processed data/quarantine mlflow.db mlartifacts mlruns .prefect .services \
 	  batch_state.json batch_state.json.* .dvc/cache .dvc/tmp .pytest_cache
 	find models metrics -mindepth 1 ! -name .gitkeep -delete 2>/dev/null || true

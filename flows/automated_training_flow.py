@@ -170,6 +170,7 @@ def _train_and_commit(
         "data_md5": data_md5,
         "model_md5": model_md5,
         "prefect_flow_run_id": run_id,
+        "pipeline_project": settings.project_id,
     }
     logged = log_run(
         settings, experiment_id, trained=model, training=training, evaluation=evaluation, tags=tags

@@ -9,6 +9,7 @@ current directory. ``MLFLOW_TRACKING_URI`` in the environment overrides
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 from pathlib import Path
@@ -304,6 +305,11 @@ class Settings(_Section):
         return self
 
     # ---- the catalog: every file the pipeline reads or writes, derived from config
+
+    @property
+    def project_id(self) -> str:
+        """A short stable id of the project folder, tagged on its MLflow runs."""
+        return hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
 
     @property
     def lock_file(self) -> Path:

@@ -40,8 +40,15 @@ class Evaluation:
 
 @task(name="connect-mlflow", cache_policy=NO_CACHE)
 def connect_tracking(settings: Settings) -> str:
-    """Point MLflow at the configured store; returns the experiment id."""
-    return tracking.connect(settings.mlflow)
+    """Point MLflow at the configured store; returns the experiment id.
+
+    Runs of this project left RUNNING by a killed attempt are marked KILLED first.
+    """
+    experiment_id = tracking.connect(settings.mlflow)
+    orphans = tracking.close_orphaned_runs(settings.mlflow, experiment_id, settings.project_id)
+    if orphans:
+        get_run_logger().warning("Marked MLflow runs of killed attempts as KILLED: %s", ", ".join(orphans))
+    return experiment_id
 
 
 @task(name="load-champion", cache_policy=NO_CACHE)

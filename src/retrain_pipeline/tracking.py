@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
 BATCH_TAG = "batch_number"
+PROJECT_TAG = "pipeline_project"  # which project folder logged the run (see Settings.project_id)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,26 @@ def _own_types(model: Any) -> list[str]:
     import skops.io
 
     return list(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+
+
+def close_orphaned_runs(config: MlflowConfig, experiment_id: str, project_id: str) -> list[str]:
+    """Mark this project's runs still RUNNING as KILLED; returns their ids.
+
+    Call it only while holding the pipeline lock: then no other run of this project is
+    alive, so a RUNNING run belongs to an attempt that was killed (SIGKILL, power loss).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    query = f"attributes.status = 'RUNNING' and tags.{PROJECT_TAG} = '{project_id}'"
+    try:
+        orphans = client.search_runs([experiment_id], filter_string=query, max_results=1000)
+        for run in orphans:
+            client.set_terminated(run.info.run_id, status="KILLED")
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+    return [run.info.run_id for run in orphans]
 
 
 def champion_version(config: MlflowConfig) -> str | None:
