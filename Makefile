@@ -26,7 +26,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help install setup run run-manual run-all status demo mlflow-ui clean test lint \
 	start-services stop-services services-status deploy start-worker start-agent start-worker-bg \
-	stop-worker trigger stop
+	stop-worker trigger stop rebuild-state
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -107,6 +107,9 @@ demo: setup ## The full story: services, deployment, worker, a first run now, th
 	@echo "The worker keeps running: the schedule trains the next batch every 2 minutes"
 	@echo "until automation.max_batches, then pauses itself. 'make status' shows progress;"
 	@echo "'make stop' stops the worker and both servers."
+
+rebuild-state: install ## Rebuild batch_state.json from MLflow runs and the quarantine (keeps a backup)
+	$(PY) -m retrain_pipeline.cli rebuild-state --params "$(PARAMS)"
 
 mlflow-ui: install ## MLflow UI over the project's store on MLFLOW_HOST:MLFLOW_PORT (127.0.0.1:5000)
 	$(PY) -m retrain_pipeline.cli mlflow-ui --params "$(PARAMS)" --host "$(MLFLOW_HOST)" --port "$(MLFLOW_PORT)"

@@ -38,6 +38,7 @@ from retrain_pipeline.model_tasks import (
     evaluate,
     load_champion,
     log_run,
+    mark_committed,
     promote,
     publish_report,
     save_model,
@@ -130,6 +131,7 @@ def _process_batch(settings: Settings, requested: int | None, force: bool, holde
         record_batch(settings, state, n, record, state.champion_version)
         raise
     # The state file is the commit point; the alias follows it (and is repaired from it).
+    mark_committed(settings, committed.record.mlflow_run_id or "")
     if committed.record.promoted:
         promote(settings, committed.model_version, committed.model_file)
     publish_report(committed.report, n)

@@ -1,4 +1,4 @@
-"""Operator commands that need no Prefect: ``setup``, ``status``, ``mlflow-ui``.
+"""Operator commands that need no Prefect: ``setup``, ``status``, ``mlflow-ui``, ``rebuild-state``.
 
 python -m retrain_pipeline.cli setup     --params params.yaml
 python -m retrain_pipeline.cli status    --params params.yaml [--json]
@@ -158,6 +158,31 @@ def _mlflow_ui(settings: Settings, host: str, port: int) -> int:
     return 0  # not reached
 
 
+def _rebuild_state(settings: Settings) -> str:
+    """Reconstruct the state file under the pipeline lock; the old file is kept as a backup."""
+    from retrain_pipeline import recovery, tracking
+    from retrain_pipeline.state import pipeline_lock, save_state, utc_now
+
+    with pipeline_lock(settings.lock_file, {"flow_run_id": "rebuild-state"}):
+        tracking.connect(settings.mlflow)
+        runs = tracking.committed_runs(settings.mlflow, settings.project_id)
+        rejected = recovery.rejected_from_quarantine(settings.data.quarantine_dir)
+        state = recovery.rebuild_state(runs, rejected, tracking.champion_version(settings.mlflow))
+        state_file = settings.paths.state_file
+        backup = None
+        if state_file.exists():
+            stamp = utc_now().replace(":", "").replace("-", "")
+            backup = state_file.with_name(f"{state_file.name}.bak-{stamp}")
+            state_file.replace(backup)
+        save_state(state_file, state)
+    rejected_numbers = [int(k) for k, r in state.batches.items() if r.status == "rejected"]
+    return (
+        f"Rebuilt {state_file} from {len(runs)} committed MLflow run(s): "
+        f"completed {state.processed_batches}, rejected {rejected_numbers}, champion {state.champion_version}"
+        + (f"; the previous file is kept as {backup}" if backup else "")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
@@ -171,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ui.add_argument("--host", type=host_argument, default="127.0.0.1")
     ui.add_argument("--port", type=port_argument, default=5000)
+    commands.add_parser(
+        "rebuild-state", parents=[common], help="rebuild batch_state.json from MLflow and the quarantine"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -185,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(payload, indent=2) if args.json else render_status(payload))
         elif args.command == "mlflow-ui":
             return _mlflow_ui(settings, args.host, args.port)
+        elif args.command == "rebuild-state":
+            print(_rebuild_state(settings))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

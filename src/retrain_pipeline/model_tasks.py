@@ -21,6 +21,7 @@ from retrain_pipeline import model, tracking
 from retrain_pipeline.config import Settings
 from retrain_pipeline.data import HOLDOUT, TRAIN, features_and_target
 from retrain_pipeline.data_tasks import TrainingData
+from retrain_pipeline.errors import TrackingError
 from retrain_pipeline.fileio import atomic_path, write_text_atomic
 from retrain_pipeline.state import PipelineState
 
@@ -182,3 +183,14 @@ def publish_report(report: str, batch_number: int) -> None:
     create_markdown_artifact(
         markdown=report, key="training-report", description=f"Batch {batch_number} training report"
     )
+
+
+@task(name="tag-run-committed", cache_policy=NO_CACHE)
+def mark_committed(settings: Settings, run_id: str) -> None:
+    """Tag the MLflow run as recorded in the state file; a failure is only a warning."""
+    try:
+        tracking.mark_committed(settings.mlflow, run_id)
+    except TrackingError as exc:
+        get_run_logger().warning(
+            "Could not tag run %s as committed (rebuild-state would skip it): %s", run_id, exc
+        )

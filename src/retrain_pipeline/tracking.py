@@ -167,3 +167,69 @@ def set_champion(config: MlflowConfig, version: str) -> None:
         )
     except MlflowException as exc:
         raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+
+
+COMMITTED_TAG = "state_committed"
+
+
+def mark_committed(config: MlflowConfig, run_id: str) -> None:
+    """Tag a run whose batch was recorded in batch_state.json (what rebuild-state trusts)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient().set_tag(run_id, COMMITTED_TAG, "true")
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """What MLflow knows about one committed batch attempt."""
+
+    run_id: str
+    batch_number: int
+    start_time_ms: int
+    end_time_ms: int | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    model_version: str | None
+
+
+def committed_runs(config: MlflowConfig, project_id: str) -> list[BatchRun]:
+    """Every run of this project whose batch was committed to the state file, oldest first."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        experiment = client.get_experiment_by_name(config.experiment_name)
+        if experiment is None:
+            return []
+        query = f"tags.{PROJECT_TAG} = '{project_id}' and tags.{COMMITTED_TAG} = 'true'"
+        runs = client.search_runs(
+            [experiment.experiment_id], filter_string=query, max_results=50_000, order_by=["start_time ASC"]
+        )
+        versions = {
+            v.run_id: str(v.version)
+            for v in client.search_model_versions(
+                f"name='{config.registered_model_name}'", max_results=10_000
+            )
+        }
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+    return [
+        BatchRun(
+            run_id=r.info.run_id,
+            batch_number=int(r.data.tags[BATCH_TAG]),
+            start_time_ms=r.info.start_time,
+            end_time_ms=r.info.end_time,
+            params=dict(r.data.params),
+            metrics=dict(r.data.metrics),
+            tags=dict(r.data.tags),
+            model_version=versions.get(r.info.run_id),
+        )
+        for r in runs
+        if r.data.tags.get(BATCH_TAG, "").isdigit()
+    ]

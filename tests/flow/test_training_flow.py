@@ -250,3 +250,44 @@ def test_relative_paths_follow_the_params_folder(
     for produced in ("batch_state.json", "mlflow.db", "models/batch_1.joblib", "metrics/latest.json", ".dvc"):
         assert (root / produced).exists(), produced
     assert list(elsewhere.iterdir()) == []
+
+
+def test_rebuild_state_from_mlflow_and_quarantine(make_project: Callable[..., Path]) -> None:
+    from retrain_pipeline.cli import main as cli_main
+
+    params = make_project(data={"source": "landing"})
+    root = params.parent
+    raw = breast_cancer_dataset(seed=5, target_column="target")
+    _landing(root, raw.iloc[0:60], "batch_1.csv")
+    _landing(root, raw.iloc[60:120].assign(target=9), "batch_2.csv")
+    _landing(root, raw.iloc[120:180], "batch_3.csv")
+    run(params)
+    with pytest.raises(DataValidationError):
+        run(params)
+    run(params)
+    state_file = load_settings(params).paths.state_file
+    original = load_state(state_file)
+    state_file.write_text("{ corrupted")
+
+    assert cli_main(["rebuild-state", "--params", str(params)]) == 0
+
+    rebuilt = load_state(state_file)
+    assert rebuilt.processed_batches == original.processed_batches == [1, 3]
+    assert rebuilt.last_batch == original.last_batch == 3
+    assert rebuilt.champion_version == original.champion_version
+    assert rebuilt.batches["2"].status == "rejected"
+    for key in ("1", "3"):
+        before, after = original.batches[key], rebuilt.batches[key]
+        for field in (
+            "mlflow_run_id",
+            "model_version",
+            "data_md5",
+            "model_md5",
+            "promoted",
+            "metrics",
+            "rows",
+            "training_rows_total",
+        ):
+            assert getattr(after, field) == getattr(before, field), (key, field)
+    backups = list(root.glob("batch_state.json.bak-*"))
+    assert len(backups) == 1 and backups[0].read_text() == "{ corrupted"
