@@ -5,6 +5,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 PARAMS ?= $(CURDIR)/params.yaml
 BATCH ?=
+VERSION ?=
+REASON ?=
 MLFLOW_HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 PREFECT_HOST ?= 127.0.0.1
@@ -19,6 +21,10 @@ VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+# Values from the command line reach recipes through the environment ("$$VAR"), never by
+# pasting them into shell text.
+export PARAMS BATCH VERSION REASON PREFECT_HOST PREFECT_PORT MLFLOW_HOST MLFLOW_PORT WAIT
+
 # Prefect keeps its database and settings inside the project; the user's profile is untouched.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
@@ -26,7 +32,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help install setup run run-manual run-all status demo mlflow-ui clean test lint \
 	start-services stop-services services-status deploy start-worker start-agent start-worker-bg \
-	stop-worker trigger stop rebuild-state
+	stop-worker trigger stop rebuild-state lineage rollback restore-data
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,77 +51,91 @@ $(STAMP): pyproject.toml poetry.lock | $(POETRY)
 install: $(STAMP) ## Install Poetry (if absent) and the locked environment into .venv
 
 setup: install ## Create folders, `dvc init` once and write the raw demo data
-	$(PY) -m retrain_pipeline.cli setup --params "$(PARAMS)"
+	$(PY) -m retrain_pipeline.cli setup --params "$$PARAMS"
 
 SERVICES := $(PY) -m retrain_pipeline.services
-ENDPOINTS := --prefect-host "$(PREFECT_HOST)" --prefect-port "$(PREFECT_PORT)" \
-	--mlflow-host "$(MLFLOW_HOST)" --mlflow-port "$(MLFLOW_PORT)"
+ENDPOINTS := --prefect-host "$$PREFECT_HOST" --prefect-port "$$PREFECT_PORT" \
+	--mlflow-host "$$MLFLOW_HOST" --mlflow-port "$$MLFLOW_PORT"
 # When the services run, manual runs report to them (same Prefect UI, same MLflow server).
-SERVICES_ENV = $$($(SERVICES) env --params "$(PARAMS)")
+SERVICES_ENV = $$($(SERVICES) env --params "$$PARAMS")
 
 run: setup ## Process the next batch once (no services needed; uses them when they run)
-	env $(SERVICES_ENV) $(PY) flows/automated_training_flow.py --params "$(PARAMS)"
+	env $(SERVICES_ENV) $(PY) flows/automated_training_flow.py --params "$$PARAMS"
 
 run-manual: setup ## Process batch BATCH=N (add FORCE=1 to retrain a completed batch)
-	@test -n "$(BATCH)" || { echo "usage: make run-manual BATCH=N [FORCE=1]" >&2; exit 2; }
-	env $(SERVICES_ENV) $(PY) flows/automated_training_flow.py "$(BATCH)" --params "$(PARAMS)" $(if $(FORCE),--force,)
+	@test -n "$$BATCH" || { echo "usage: make run-manual BATCH=N [FORCE=1]" >&2; exit 2; }
+	env $(SERVICES_ENV) $(PY) flows/automated_training_flow.py "$$BATCH" --params "$$PARAMS" $(if $(FORCE),--force,)
 
 run-all: setup ## Process every pending batch now, one flow run each, without the schedule
-	env $(SERVICES_ENV) $(PY) flows/automated_training_flow.py --all --params "$(PARAMS)"
+	env $(SERVICES_ENV) $(PY) flows/automated_training_flow.py --all --params "$$PARAMS"
 
 start-services: setup ## Start Prefect (PREFECT_HOST:PREFECT_PORT) and MLflow (MLFLOW_HOST:MLFLOW_PORT) servers
-	$(SERVICES) start prefect mlflow --params "$(PARAMS)" $(ENDPOINTS)
+	$(SERVICES) start prefect mlflow --params "$$PARAMS" $(ENDPOINTS)
 
 stop-services: install ## Stop the worker and the servers that start-services started
-	$(SERVICES) stop worker mlflow prefect --params "$(PARAMS)"
+	$(SERVICES) stop worker mlflow prefect --params "$$PARAMS"
 
 services-status: install ## Which of prefect, mlflow, worker are running
-	@$(SERVICES) status --params "$(PARAMS)"
+	@$(SERVICES) status --params "$$PARAMS"
 
 deploy: install ## Register the cron deployment on the process work pool (needs start-services)
-	env $(SERVICES_ENV) $(PY) deployments/setup_deployment.py --params "$(PARAMS)"
+	env $(SERVICES_ENV) $(PY) deployments/setup_deployment.py --params "$$PARAMS"
 
 start-worker: install ## Run a process worker for the pool in the foreground (Ctrl+C stops it)
-	$(SERVICES) run worker --params "$(PARAMS)"
+	$(SERVICES) run worker --params "$$PARAMS"
 
 start-agent: ## Old name: Prefect 3 has workers, not agents; starts a worker
 	@echo "Prefect 3 replaced agents with workers: starting a process worker (make start-worker)."
 	@$(MAKE) --no-print-directory start-worker
 
 start-worker-bg: install ## Start a process worker in the background (pid and log in .services/)
-	$(SERVICES) start worker --params "$(PARAMS)"
+	$(SERVICES) start worker --params "$$PARAMS"
 
 stop-worker: install ## Stop the background worker
-	$(SERVICES) stop worker --params "$(PARAMS)"
+	$(SERVICES) stop worker --params "$$PARAMS"
 
 trigger: install ## Start one deployment run now and wait for it (WAIT=seconds)
-	env $(SERVICES_ENV) $(PY) deployments/setup_deployment.py --params "$(PARAMS)" --run-now --wait "$(WAIT)"
+	env $(SERVICES_ENV) $(PY) deployments/setup_deployment.py --params "$$PARAMS" --run-now --wait "$$WAIT"
 
 stop: install ## Stop everything: worker, MLflow and Prefect servers
-	$(SERVICES) stop worker mlflow prefect --params "$(PARAMS)"
+	$(SERVICES) stop worker mlflow prefect --params "$$PARAMS"
 
 status: install ## Table of batches, metrics, promotions and the champion (JSON=1 for JSON)
-	@$(PY) -m retrain_pipeline.cli status --params "$(PARAMS)" $(if $(JSON),--json,)
+	@$(PY) -m retrain_pipeline.cli status --params "$$PARAMS" $(if $(JSON),--json,)
 
 demo: setup ## The full story: services, deployment, worker, a first run now, then every 2 minutes
-	$(SERVICES) start prefect mlflow worker --params "$(PARAMS)" $(ENDPOINTS)
+	$(SERVICES) start prefect mlflow worker --params "$$PARAMS" $(ENDPOINTS)
 	$(MAKE) --no-print-directory trigger
 	@$(MAKE) --no-print-directory status
 	@echo
-	@echo "Prefect UI:  http://$(PREFECT_HOST):$(PREFECT_PORT)   (deployment automated-training/...)"
-	@echo "MLflow UI:   http://$(MLFLOW_HOST):$(MLFLOW_PORT)   (experiment and registered model)"
+	@echo "Prefect UI:  http://$$PREFECT_HOST:$$PREFECT_PORT   (deployment automated-training/...)"
+	@echo "MLflow UI:   http://$$MLFLOW_HOST:$$MLFLOW_PORT   (experiment and registered model)"
 	@echo "The worker keeps running: the schedule trains the next batch every 2 minutes"
 	@echo "until automation.max_batches, then pauses itself. 'make status' shows progress;"
 	@echo "'make stop' stops the worker and both servers."
 
+lineage: install ## Lineage of BATCH=N (run, version, md5s, params, Prefect run) or VERSION=V (JSON=1)
+	@test -n "$$BATCH$$VERSION" || { echo "usage: make lineage BATCH=N | VERSION=V" >&2; exit 2; }
+	@$(PY) -m retrain_pipeline.cli lineage --params "$$PARAMS" \
+	  $(if $(BATCH),--batch "$$BATCH",--version "$$VERSION") $(if $(JSON),--json,)
+
+rollback: install ## Move the champion alias back to VERSION=V, recorded with REASON="..."
+	@test -n "$$VERSION" || { echo 'usage: make rollback VERSION=V REASON="why"' >&2; exit 2; }
+	$(PY) -m retrain_pipeline.cli rollback --params "$$PARAMS" --version "$$VERSION" \
+	  --reason "$${REASON:-rollback requested by $$USER}"
+
+restore-data: install ## Copy the exact merged training data of BATCH=N out of the DVC cache
+	@test -n "$$BATCH" || { echo "usage: make restore-data BATCH=N" >&2; exit 2; }
+	$(PY) -m retrain_pipeline.cli restore-data --params "$$PARAMS" --batch "$$BATCH"
+
 rebuild-state: install ## Rebuild batch_state.json from MLflow runs and the quarantine (keeps a backup)
-	$(PY) -m retrain_pipeline.cli rebuild-state --params "$(PARAMS)"
+	$(PY) -m retrain_pipeline.cli rebuild-state --params "$$PARAMS"
 
 mlflow-ui: install ## MLflow UI over the project's store on MLFLOW_HOST:MLFLOW_PORT (127.0.0.1:5000)
-	$(PY) -m retrain_pipeline.cli mlflow-ui --params "$(PARAMS)" --host "$(MLFLOW_HOST)" --port "$(MLFLOW_PORT)"
+	$(PY) -m retrain_pipeline.cli mlflow-ui --params "$$PARAMS" --host "$$MLFLOW_HOST" --port "$$MLFLOW_PORT"
 
 clean: ## Stop the services, remove generated outputs (keeps data/raw, data/landing, params, .venv)
-	@if [ -x "$(PY)" ]; then $(SERVICES) stop worker mlflow prefect --params "$(PARAMS)"; fi
+	@if [ -x "$(PY)" ]; then $(SERVICES) stop worker mlflow prefect --params "$$PARAMS"; fi
 	rm -rf data/processed data/quarantine mlflow.db mlartifacts mlruns .prefect .services \
 	  batch_state.json batch_state.json.* .dvc/cache .dvc/tmp .pytest_cache
 	find models metrics -mindepth 1 ! -name .gitkeep -delete 2>/dev/null || true

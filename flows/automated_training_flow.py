@@ -40,6 +40,7 @@ from retrain_pipeline.model_tasks import (
     log_run,
     mark_committed,
     promote,
+    publish_history,
     publish_report,
     save_model,
     train,
@@ -119,7 +120,8 @@ def _process_batch(settings: Settings, requested: int | None, force: bool, holde
         record = BatchRecord(
             status="rejected", started_at=started, finished_at=utc_now(), source=exc.file, error=str(exc)
         )
-        record_batch(settings, state, n, record, state.champion_version)
+        rejected_state = record_batch(settings, state, n, record, state.champion_version)
+        publish_history(settings, rejected_state, None)
         raise
     try:
         committed = _train_and_commit(settings, state, batch, training, started)
@@ -135,6 +137,7 @@ def _process_batch(settings: Settings, requested: int | None, force: bool, holde
     if committed.record.promoted:
         promote(settings, committed.model_version, committed.model_file)
     publish_report(committed.report, n)
+    publish_history(settings, committed.state, committed.record.mlflow_run_id)
     return _outcome(
         "completed",
         n,
@@ -148,6 +151,7 @@ def _process_batch(settings: Settings, requested: int | None, force: bool, holde
 
 @dataclass(frozen=True)
 class _Committed:
+    state: PipelineState
     record: BatchRecord
     model_version: str
     model_file: Path
@@ -202,7 +206,7 @@ def _train_and_commit(
         prefect_flow_run_id=run_id,
     )
     write_metrics(settings, n, {"batch_number": n, **record.model_dump(exclude={"status", "error"})})
-    record_batch(settings, state, n, record, logged.model_version if promoted else previous)
+    new_state = record_batch(settings, state, n, record, logged.model_version if promoted else previous)
     report = training_report(
         batch_number=n,
         metrics=evaluation.metrics,
@@ -214,7 +218,7 @@ def _train_and_commit(
         primary_metric=settings.evaluation.primary_metric,
         summary=summary,
     )
-    return _Committed(record, logged.model_version, model_file, report)
+    return _Committed(new_state, record, logged.model_version, model_file, report)
 
 
 # --------------------------------------------------------------------------- command line

@@ -1,4 +1,4 @@
-"""Operator commands that need no Prefect: ``setup``, ``status``, ``mlflow-ui``, ``rebuild-state``.
+"""Operator commands that need no Prefect.
 
 python -m retrain_pipeline.cli setup     --params params.yaml
 python -m retrain_pipeline.cli status    --params params.yaml [--json]
@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline import operations
+from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings
 from retrain_pipeline.errors import PipelineError
 from retrain_pipeline.state import PipelineState, load_state, next_batch_number
 
@@ -53,6 +54,7 @@ def status_payload(settings: Settings, state: PipelineState) -> dict[str, Any]:
         "next_batch": upcoming if upcoming <= settings.automation.max_batches else None,
         "max_batches": settings.automation.max_batches,
         "batches": batches,
+        "rollbacks": [r.model_dump() for r in state.rollbacks],
     }
 
 
@@ -95,6 +97,11 @@ def render_status(payload: dict[str, Any]) -> str:
             lines.append(f"batch {b['batch']} {b['status']}: {b['error']}")
     champion = payload["champion_version"]
     lines.append("")
+    for rollback in payload["rollbacks"][-3:]:
+        lines.append(
+            f"rollback: v{rollback['from_version']} -> v{rollback['to_version']} by {rollback['by']} "
+            f"at {rollback['at']}: {rollback['reason']}"
+        )
     lines.append(f"champion: {'model version ' + champion if champion else 'none yet'}")
     nxt = payload["next_batch"]
     lines.append(
@@ -113,6 +120,20 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def batch_argument(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_BATCH_NUMBER:
+        raise argparse.ArgumentTypeError(
+            f"batch must be an integer between 1 and {MAX_BATCH_NUMBER}, got {text!r}"
+        )
+    return int(text)
+
+
+def version_argument(text: str) -> str:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"model version must be a positive integer, got {text!r}")
+    return str(int(text))
 
 
 def host_argument(text: str) -> str:
@@ -199,6 +220,17 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "rebuild-state", parents=[common], help="rebuild batch_state.json from MLflow and the quarantine"
     )
+    lineage = commands.add_parser("lineage", parents=[common], help="what ties a batch to its model and data")
+    which = lineage.add_mutually_exclusive_group(required=True)
+    which.add_argument("--batch", type=batch_argument)
+    which.add_argument("--version", type=version_argument)
+    lineage.add_argument("--json", action="store_true")
+    rollback = commands.add_parser("rollback", parents=[common], help="move the champion back to a version")
+    rollback.add_argument("--version", type=version_argument, required=True)
+    rollback.add_argument("--reason", required=True)
+    restore = commands.add_parser("restore-data", parents=[common], help="training data of a batch from DVC")
+    restore.add_argument("--batch", type=batch_argument, required=True)
+    restore.add_argument("--out", type=Path, help="target file (default: data/processed/restored/...)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -215,6 +247,18 @@ def main(argv: list[str] | None = None) -> int:
             return _mlflow_ui(settings, args.host, args.port)
         elif args.command == "rebuild-state":
             print(_rebuild_state(settings))
+        elif args.command == "lineage":
+            payload = operations.lineage(settings, batch=args.batch, version=args.version)
+            print(json.dumps(payload, indent=2) if args.json else operations.render_lineage(payload))
+        elif args.command == "rollback":
+            entry = operations.rollback(settings, args.version, args.reason)
+            print(
+                f"champion: v{entry.from_version} -> v{entry.to_version} (batch {entry.to_batch}) "
+                f"by {entry.by} at {entry.at}: {entry.reason}"
+            )
+        elif args.command == "restore-data":
+            target, md5 = operations.restore_data(settings, args.batch, args.out)
+            print(f"restored the training data of batch {args.batch} (md5 {md5}) to {target}")
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

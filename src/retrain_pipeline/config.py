@@ -338,6 +338,10 @@ class Settings(_Section):
         return self.paths.metrics_dir / f"batch_{batch_number}.json"
 
     @property
+    def metric_plot_file(self) -> Path:
+        return self.paths.metrics_dir / "metric_history.png"
+
+    @property
     def latest_metrics_file(self) -> Path:
         return self.paths.metrics_dir / "latest.json"
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import joblib
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from sklearn.pipeline import Pipeline
 
-from retrain_pipeline import model, tracking
+from retrain_pipeline import model, reporting, tracking
 from retrain_pipeline.config import Settings
 from retrain_pipeline.data import HOLDOUT, TRAIN, features_and_target
 from retrain_pipeline.data_tasks import TrainingData
@@ -194,3 +194,23 @@ def mark_committed(settings: Settings, run_id: str) -> None:
         get_run_logger().warning(
             "Could not tag run %s as committed (rebuild-state would skip it): %s", run_id, exc
         )
+
+
+@task(name="publish-history", cache_policy=NO_CACHE)
+def publish_history(settings: Settings, state: PipelineState, run_id: str | None) -> Path:
+    """The metric-history plot (metrics/metric_history.png, also on the MLflow run) and table."""
+    metric = settings.evaluation.primary_metric
+    path = settings.metric_plot_file
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(reporting.plot_metric_history(state, metric))
+    create_table_artifact(
+        table=[point.as_row(metric) for point in reporting.metric_history(state, metric)],
+        key="metric-history",
+        description=f"{metric} per batch: new model, champion before, promotion",
+    )
+    if run_id:
+        try:
+            tracking.log_file(settings.mlflow, run_id, str(path))
+        except TrackingError as exc:
+            get_run_logger().warning("Could not attach %s to MLflow run %s: %s", path.name, run_id, exc)
+    return path

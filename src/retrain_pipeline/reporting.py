@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from retrain_pipeline.config import METRIC_NAMES
 from retrain_pipeline.data import DataSummary
+from retrain_pipeline.state import PipelineState
 
 
 def _fmt(value: float | None) -> str:
@@ -46,3 +48,119 @@ def training_report(
         f"- class counts: {summary.class_counts}",
     ]
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    """One batch in the metric history."""
+
+    batch: int
+    status: str
+    value: float | None  # the new model's metric
+    champion_before: float | None  # the previous champion on the same holdout
+    promoted: bool | None
+    model_version: str | None
+
+    @property
+    def champion_after(self) -> float | None:
+        return self.value if self.promoted else self.champion_before
+
+    def as_row(self, metric: str) -> dict[str, object]:
+        return {
+            "batch": self.batch,
+            "status": self.status,
+            metric: self.value,
+            f"champion {metric} before": self.champion_before,
+            "promoted": self.promoted,
+            "model_version": self.model_version,
+        }
+
+
+def metric_history(state: PipelineState, metric: str) -> list[MetricPoint]:
+    """One point per batch: the new model's metric, the champion's, the decision."""
+    return [
+        MetricPoint(
+            batch=int(key),
+            status=record.status,
+            value=(record.metrics or {}).get(metric),
+            champion_before=(record.champion_metrics or {}).get(metric),
+            promoted=record.promoted,
+            model_version=record.model_version,
+        )
+        for key, record in state.batches.items()
+    ]
+
+
+def plot_metric_history(state: PipelineState, metric: str) -> bytes:
+    """A PNG of the primary metric per batch: every new model, the champion line, promotions marked."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; set here, not at import
+    from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    points = metric_history(state, metric)
+    scored = [(p.batch, p.value, p) for p in points if p.value is not None]
+    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=110)
+    if scored:
+        axes.plot(
+            [b for b, _, _ in scored],
+            [v for _, v, _ in scored],
+            color="#4c72b0",
+            marker="o",
+            linewidth=1.2,
+            label=f"new model's {metric}",
+        )
+        champion = [(b, p.champion_after) for b, _, p in scored if p.champion_after is not None]
+        if champion:
+            axes.step(
+                [b for b, _ in champion],
+                [v for _, v in champion],
+                where="post",
+                color="#dd8452",
+                linewidth=2.2,
+                label=f"champion's {metric} (same holdout)",
+            )
+        promoted = [(b, v) for b, v, p in scored if p.promoted]
+        axes.scatter(
+            [b for b, _ in promoted],
+            [v for _, v in promoted],
+            s=140,
+            marker="*",
+            color="#2ca02c",
+            zorder=5,
+            label="promoted to champion",
+        )
+        for batch, value, point in scored:
+            axes.annotate(
+                f"v{point.model_version}",
+                (batch, value),
+                textcoords="offset points",
+                xytext=(0, 9),
+                ha="center",
+                fontsize=7,
+                color="#555555",
+            )
+    unfinished = [p.batch for p in points if p.status != "completed"]
+    for batch in unfinished:
+        axes.axvline(batch, color="#c44e52", alpha=0.35, linestyle="--", linewidth=1)
+    if unfinished:
+        axes.plot([], [], color="#c44e52", alpha=0.5, linestyle="--", label="rejected / failed batch")
+    current = state.champion_version
+    axes.set_title(
+        f"{metric} per batch: new model vs champion (current champion: "
+        f"{'v' + current if current else 'none'})",
+        fontsize=11,
+    )
+    axes.set_xlabel("batch")
+    axes.set_ylabel(f"{metric} on the holdout")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()

@@ -61,6 +61,19 @@ class BatchRecord(BaseModel):
     error: str | None = None
 
 
+class Rollback(BaseModel):
+    """An operator moved the champion back to an earlier version."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: str
+    by: str
+    reason: str
+    from_version: str | None
+    to_version: str
+    to_batch: int
+
+
 class PipelineState(BaseModel):
     """The whole state file. ``processed_batches`` and ``last_batch`` derive from ``batches``."""
 
@@ -71,6 +84,7 @@ class PipelineState(BaseModel):
     last_batch: int | None = None
     champion_version: str | None = None
     batches: dict[str, BatchRecord] = Field(default_factory=dict)
+    rollbacks: list[Rollback] = Field(default_factory=list)
 
     @field_validator("batches")
     @classmethod
@@ -108,7 +122,21 @@ class PipelineState(BaseModel):
             last_batch=_last_finished(batches),
             champion_version=champion_version,
             batches=batches,
+            rollbacks=self.rollbacks,
         )
+
+    def with_rollback(self, rollback: Rollback) -> PipelineState:
+        """A new state whose champion is the rollback's target, with the rollback recorded."""
+        return self.model_copy(
+            update={"champion_version": rollback.to_version, "rollbacks": [*self.rollbacks, rollback]}
+        )
+
+    def batch_of_version(self, version: str) -> int | None:
+        """The completed batch whose model is the given registered version."""
+        for key, record in self.batches.items():
+            if record.status == "completed" and record.model_version == version:
+                return int(key)
+        return None
 
     def accepted_batches(self, up_to: int) -> list[int]:
         """Completed batches numbered ``<= up_to``, oldest first."""

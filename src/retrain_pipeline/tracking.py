@@ -233,3 +233,81 @@ def committed_runs(config: MlflowConfig, project_id: str) -> list[BatchRun]:
         for r in runs
         if r.data.tags.get(BATCH_TAG, "").isdigit()
     ]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A registered model version and the run and batch it came from."""
+
+    version: str
+    run_id: str | None
+    batch_number: int | None
+    committed: bool
+    tags: dict[str, str]
+    run_params: dict[str, str]
+    experiment_id: str | None
+
+
+def version_info(config: MlflowConfig, version: str) -> VersionInfo:
+    """Look a registered version up; TrackingError names an unknown version."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    name = config.registered_model_name
+    try:
+        found = client.get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise TrackingError(
+                f"model {name!r} has no version {version!r} in {config.tracking_uri}"
+            ) from exc
+        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+    params: dict[str, str] = {}
+    run_tags: dict[str, str] = {}
+    experiment_id = None
+    if found.run_id:
+        try:
+            run = client.get_run(found.run_id)
+            params, run_tags, experiment_id = (
+                dict(run.data.params),
+                dict(run.data.tags),
+                run.info.experiment_id,
+            )
+        except MlflowException as exc:
+            raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+    tags = {**run_tags, **dict(found.tags)}
+    batch = tags.get(BATCH_TAG, "")
+    return VersionInfo(
+        version=str(found.version),
+        run_id=found.run_id,
+        batch_number=int(batch) if batch.isdigit() else None,
+        committed=run_tags.get(COMMITTED_TAG) == "true",
+        tags=tags,
+        run_params=params,
+        experiment_id=experiment_id,
+    )
+
+
+def record_rollback(config: MlflowConfig, version: str, note: str) -> None:
+    """Tag the registered model and the version with the rollback (who, when, why)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        client.set_registered_model_tag(config.registered_model_name, "last_rollback", note)
+        client.set_model_version_tag(config.registered_model_name, version, "rollback", note)
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+
+
+def log_file(config: MlflowConfig, run_id: str, path: str) -> None:
+    """Attach a file (e.g. the metric plot) to a run, also after the run has ended."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient().log_artifact(run_id, path)
+    except (MlflowException, OSError) as exc:
+        raise TrackingError(f"MLflow at {config.tracking_uri}: cannot log {path}: {exc}") from exc

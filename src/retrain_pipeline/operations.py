@@ -1,0 +1,149 @@
+"""Operator actions: lineage of a batch or model version, rollback of the champion, and
+restoring the exact training data of a batch from the DVC cache."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from retrain_pipeline import tracking, versioning
+from retrain_pipeline.config import Settings
+from retrain_pipeline.errors import StateError
+from retrain_pipeline.fileio import atomic_path
+from retrain_pipeline.state import Rollback, load_state, pipeline_lock, save_state, utc_now
+
+DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
+DEFAULT_PREFECT_UI = "http://127.0.0.1:4200"
+
+
+def _mlflow_ui(settings: Settings) -> str:
+    return settings.mlflow.tracking_uri.rstrip("/") if settings.mlflow.is_remote else DEFAULT_MLFLOW_UI
+
+
+def _prefect_ui() -> str:
+    api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    return api.removesuffix("/api") if api else DEFAULT_PREFECT_UI
+
+
+def _cache_state(settings: Settings, md5: str | None) -> str:
+    if not md5:
+        return "-"
+    path = versioning.cached_file(settings.root, md5)
+    return f"{path.relative_to(settings.root)} ({'present' if path.is_file() else 'missing'})"
+
+
+def lineage(settings: Settings, *, batch: int | None = None, version: str | None = None) -> dict[str, Any]:
+    """Everything that ties a batch to its model and data (or a model version to its batch)."""
+    state = load_state(settings.paths.state_file)
+    tracking.connect(settings.mlflow)
+    if version is not None:
+        info = tracking.version_info(settings.mlflow, version)
+        batch = info.batch_number
+    if batch is None:
+        raise StateError(f"model version {version} carries no batch_number tag")
+    record = state.record(batch)
+    if version is None:
+        if record is None or record.status != "completed" or record.model_version is None:
+            status = record.status if record else "not processed"
+            raise StateError(f"batch {batch} has no model ({status}); see make status")
+        version = record.model_version
+        info = tracking.version_info(settings.mlflow, version)
+    run_id = info.run_id
+    link = f"{_mlflow_ui(settings)}/#/experiments/{info.experiment_id}/runs/{run_id}" if run_id else None
+    flow_run_id = info.tags.get("prefect_flow_run_id")
+    return {
+        "batch": batch,
+        "batch_status": record.status if record else "not in the state file",
+        "source": record.source if record else None,
+        "model_version": version,
+        "registered_model": settings.mlflow.registered_model_name,
+        "is_champion": state.champion_version == version,
+        "is_batch_latest_model": bool(record and record.model_version == version),
+        "mlflow_run_id": run_id,
+        "mlflow_run_link": link,
+        "data_md5": info.tags.get("data_md5"),
+        "data_in_dvc_cache": _cache_state(settings, info.tags.get("data_md5")),
+        "model_md5": info.tags.get("model_md5"),
+        "model_in_dvc_cache": _cache_state(settings, info.tags.get("model_md5")),
+        "prefect_flow_run_id": flow_run_id,
+        "prefect_flow_run_link": f"{_prefect_ui()}/runs/flow-run/{flow_run_id}" if flow_run_id else None,
+        "params": info.run_params,
+    }
+
+
+def render_lineage(payload: dict[str, Any]) -> str:
+    lines = [
+        f"batch {payload['batch']} ({payload['batch_status']}) <-> "
+        f"{payload['registered_model']} v{payload['model_version']}"
+        + (" [champion]" if payload["is_champion"] else "")
+    ]
+    labels = [
+        ("source", "source"),
+        ("mlflow_run_id", "MLflow run"),
+        ("mlflow_run_link", "MLflow link"),
+        ("data_md5", "data md5"),
+        ("data_in_dvc_cache", "data in DVC"),
+        ("model_md5", "model md5"),
+        ("model_in_dvc_cache", "model in DVC"),
+        ("prefect_flow_run_id", "Prefect run"),
+        ("prefect_flow_run_link", "Prefect link"),
+    ]
+    lines += [f"  {label:<13} {payload[key] if payload[key] is not None else '-'}" for key, label in labels]
+    if not payload["is_batch_latest_model"]:
+        lines.append("  note:         a later --force retrain replaced this batch's model in the state")
+    params = ", ".join(f"{k}={v}" for k, v in sorted(payload["params"].items()))
+    lines.append(f"  params        {params or '-'}")
+    return "\n".join(lines)
+
+
+def rollback(settings: Settings, version: str, reason: str) -> Rollback:
+    """Move the champion alias to an earlier committed version; record who, when and why."""
+    if not reason.strip():
+        raise StateError("a rollback needs a reason (REASON=...)")
+    with pipeline_lock(settings.lock_file, {"flow_run_id": "rollback"}):
+        state = load_state(settings.paths.state_file)
+        tracking.connect(settings.mlflow)
+        info = tracking.version_info(settings.mlflow, version)
+        if not info.committed or info.batch_number is None:
+            raise StateError(
+                f"version {version} did not complete (its run was never recorded in the state); "
+                "only versions of completed batches can become champion"
+            )
+        if state.champion_version == version:
+            raise StateError(f"version {version} is already the champion")
+        entry = Rollback(
+            at=utc_now(),
+            by=getpass.getuser(),
+            reason=reason.strip(),
+            from_version=state.champion_version,
+            to_version=version,
+            to_batch=info.batch_number,
+        )
+        save_state(settings.paths.state_file, state.with_rollback(entry))
+        tracking.set_champion(settings.mlflow, version)
+        tracking.record_rollback(settings.mlflow, version, json.dumps(entry.model_dump()))
+    return entry
+
+
+def restore_data(settings: Settings, batch: int, out: Path | None = None) -> tuple[Path, str]:
+    """Copy the exact merged training data of a completed batch out of the DVC cache."""
+    record = load_state(settings.paths.state_file).record(batch)
+    if record is None or record.status != "completed" or not record.data_md5:
+        raise StateError(f"batch {batch} is not completed: it has no training data to restore")
+    cached = versioning.cached_file(settings.root, record.data_md5)
+    if not cached.is_file():
+        raise StateError(f"DVC cache has no object {record.data_md5} for batch {batch} ({cached})")
+    target = out or settings.data.processed_dir / "restored" / f"training_data_batch_{batch}.parquet"
+    with atomic_path(target) as tmp:
+        shutil.copyfile(cached, tmp)
+        digest = hashlib.md5(tmp.read_bytes(), usedforsecurity=False).hexdigest()
+        if digest != record.data_md5:
+            raise StateError(
+                f"DVC cache object for batch {batch} is corrupt: md5 {digest} != {record.data_md5}"
+            )
+    return target, record.data_md5
