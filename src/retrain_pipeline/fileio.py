@@ -23,9 +23,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
         # mkstemp creates 0600 files: keep the mode of the file being replaced, else 0644.
         tmp.chmod(path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        _fsync_file(tmp)
+        _fsync(tmp)
         tmp.replace(path)  # os.replace: atomic on POSIX
-        _fsync_dir(path.parent)
+        _fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -36,16 +36,9 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _fsync_file(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries (so the rename itself is durable)."""
     fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
