@@ -86,9 +86,9 @@ def automated_training_flow(
     logger.info(
         "Params: %s; tracking: %s", settings.params_file or "built-in defaults", settings.mlflow.tracking_uri
     )
-    prepare_project(settings)
     try:
         with pipeline_lock(settings.lock_file, {"flow_run_id": flow_run.id}) as holder:
+            prepare_project(settings)  # under the lock: two first runs must not both `dvc init`
             return _process_batch(settings, batch_number, force, holder)
     except PipelineBusyError as exc:
         logger.warning("Nothing done: %s", exc)
@@ -133,7 +133,7 @@ def _process_batch(settings: Settings, requested: int | None, force: bool, holde
         record_batch(settings, state, n, record, state.champion_version)
         raise
     # The state file is the commit point; the alias follows it (and is repaired from it).
-    mark_committed(settings, committed.record.mlflow_run_id or "")
+    mark_committed(settings, committed.run_id)
     if committed.record.promoted:
         promote(settings, committed.model_version, committed.model_file)
     publish_report(committed.report, n)
@@ -153,6 +153,7 @@ def _process_batch(settings: Settings, requested: int | None, force: bool, holde
 class _Committed:
     state: PipelineState
     record: BatchRecord
+    run_id: str
     model_version: str
     model_file: Path
     report: str
@@ -218,7 +219,7 @@ def _train_and_commit(
         primary_metric=settings.evaluation.primary_metric,
         summary=summary,
     )
-    return _Committed(new_state, record, logged.model_version, model_file, report)
+    return _Committed(new_state, record, logged.run_id, logged.model_version, model_file, report)
 
 
 # --------------------------------------------------------------------------- command line
