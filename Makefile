@@ -32,7 +32,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help install setup run run-manual run-all status demo mlflow-ui clean test lint \
 	start-services stop-services services-status deploy start-worker start-agent start-worker-bg \
-	stop-worker trigger stop rebuild-state lineage rollback restore-data
+	stop-worker trigger stop rebuild-state lineage rollback restore-data bench bench-smoke
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -143,6 +143,12 @@ clean: ## Stop the services, remove generated outputs (keeps data/raw, data/land
 
 test: install ## Run the whole test suite (unit, flow, end-to-end)
 	$(PY) -m pytest
+
+bench: install ## Benchmark the flow against a plain script (writes BENCHMARKS.md and benchmarks/results/)
+	$(PY) -m benchmarks.run_benchmark
+
+bench-smoke: install ## The benchmark on tiny sizes (about 2 minutes: Prefect start-up dominates)
+	$(PY) -m benchmarks.run_benchmark --smoke --out-dir "$$(mktemp -d)"
 
 lint: install ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check src flows deployments tests

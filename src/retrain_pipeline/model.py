@@ -22,28 +22,44 @@ from retrain_pipeline.config import ModelConfig, estimator_class
 Metrics = dict[str, float | None]
 
 
-def build_pipeline(config: ModelConfig) -> Pipeline:
-    """Imputation, optional scaling and the configured estimator, in one Pipeline."""
+def build_pipeline(config: ModelConfig, *, impute: bool = True) -> Pipeline:
+    """Optional imputation and scaling, then the configured estimator, in one Pipeline.
+
+    ``impute`` False leaves out the imputer: validation already guarantees there is
+    nothing to impute (``data.allow_missing_values: false``), and it costs a full copy.
+    """
     estimator = estimator_class(config.estimator)(**config.hyperparameters)
     if "random_state" in estimator.get_params():
         estimator.set_params(random_state=config.random_state)
-    steps: list[tuple[str, object]] = [("impute", SimpleImputer(strategy=config.impute_strategy))]
+    steps: list[tuple[str, object]] = []
+    if impute:
+        steps.append(("impute", SimpleImputer(strategy=config.impute_strategy)))
     if config.scale_features:
         steps.append(("scale", StandardScaler()))
     steps.append(("model", estimator))
     return Pipeline(steps)
 
 
-def train_model(config: ModelConfig, features: pd.DataFrame, target: pd.Series) -> Pipeline:
+def train_model(
+    config: ModelConfig, features: pd.DataFrame, target: pd.Series, *, impute: bool = True
+) -> Pipeline:
     """A fitted Pipeline for ``features`` -> ``target``."""
-    return build_pipeline(config).fit(features, target)
+    return build_pipeline(config, impute=impute).fit(features, target)
 
 
 def evaluate_model(
     model: ClassifierMixin, features: pd.DataFrame, target: pd.Series, positive_label: int | str
 ) -> Metrics:
     """Accuracy, precision, recall, F1 and ROC AUC (None when undefined: one class only)."""
-    predicted = model.predict(features)
+    classes = np.asarray(model.classes_)
+    if hasattr(model, "predict_proba"):  # one pass: what predict() does, from the same probabilities
+        probabilities = np.asarray(model.predict_proba(features))
+        predicted = classes[probabilities.argmax(axis=1)]
+        scores = probabilities[:, list(classes).index(positive_label)]
+    else:
+        predicted = np.asarray(model.predict(features))
+        decision = np.asarray(model.decision_function(features))
+        scores = decision if classes[1] == positive_label else -decision
     binary = {"pos_label": positive_label, "zero_division": 0}
     metrics: Metrics = {
         "accuracy": float(accuracy_score(target, predicted)),
@@ -53,19 +69,8 @@ def evaluate_model(
         "roc_auc": None,
     }
     if target.nunique() == 2:
-        metrics["roc_auc"] = float(
-            roc_auc_score(target == positive_label, _scores(model, features, positive_label))
-        )
+        metrics["roc_auc"] = float(roc_auc_score(target == positive_label, scores))
     return metrics
-
-
-def _scores(model: ClassifierMixin, features: pd.DataFrame, positive_label: int | str) -> np.ndarray:
-    """Scores for the positive class: probabilities when available, else decision values."""
-    if hasattr(model, "predict_proba"):
-        column = list(model.classes_).index(positive_label)
-        return np.asarray(model.predict_proba(features)[:, column])
-    decision = np.asarray(model.decision_function(features))
-    return decision if model.classes_[1] == positive_label else -decision
 
 
 @dataclass(frozen=True)

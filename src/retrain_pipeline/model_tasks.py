@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 
 from retrain_pipeline import model, reporting, tracking
 from retrain_pipeline.config import Settings
-from retrain_pipeline.data import HOLDOUT, TRAIN, features_and_target
+from retrain_pipeline.data import HOLDOUT, SPLIT_COLUMN, TRAIN, features_and_target
 from retrain_pipeline.data_tasks import TrainingData
 from retrain_pipeline.errors import TrackingError
 from retrain_pipeline.fileio import atomic_path, write_text_atomic
@@ -79,7 +79,7 @@ def load_champion(settings: Settings, state: PipelineState) -> Champion | None:
 @task(name="train-model", cache_policy=NO_CACHE)
 def train(settings: Settings, training: TrainingData) -> Pipeline:
     features, target = features_and_target(training.merged, settings.data.target_column, TRAIN)
-    return model.train_model(settings.model, features, target)
+    return model.train_model(settings.model, features, target, impute=settings.data.allow_missing_values)
 
 
 @task(name="evaluate-models", cache_policy=NO_CACHE)
@@ -126,7 +126,12 @@ def log_run(
 ) -> tracking.LoggedModel:
     """One MLflow run for this attempt: tags, params, metrics, model; registers a version."""
     cfg = settings
-    features, _ = features_and_target(training.merged, cfg.data.target_column, TRAIN)
+    is_train = training.merged[SPLIT_COLUMN] == TRAIN
+    train_rows = int(is_train.sum())
+    # A few training rows as the input example; no copy of the whole table.
+    example, _ = features_and_target(training.merged.head(50), cfg.data.target_column, TRAIN)
+    if example.empty:
+        example, _ = features_and_target(training.merged.head(5), cfg.data.target_column)
     params: dict[str, Any] = {
         "batch_number": training.batch_number,
         "estimator": cfg.model.estimator,
@@ -135,8 +140,8 @@ def log_run(
         "scale_features": cfg.model.scale_features,
         "batch_rows": training.rows,
         "training_rows_total": len(training.merged),
-        "train_rows": len(features),
-        "holdout_rows": len(training.merged) - len(features),
+        "train_rows": train_rows,
+        "holdout_rows": len(training.merged) - train_rows,
         "accepted_batches": ",".join(map(str, training.accepted_batches)),
         "holdout_fraction": cfg.evaluation.holdout_fraction,
         "primary_metric": cfg.evaluation.primary_metric,
@@ -156,7 +161,7 @@ def log_run(
         params=params,
         metrics=metrics,
         model=trained,
-        input_example=features.head(5),
+        input_example=example.head(5),
     )
 
 

@@ -42,7 +42,14 @@ def connect(config: MlflowConfig) -> str:
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.max_retries)
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(config.retry_backoff_factor)
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(config.request_timeout_seconds)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI, which our config reads as the user's
+    # override: restore the environment so a later project in this process keeps its own store.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(config.tracking_uri)
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
     try:
         experiment = mlflow.get_experiment_by_name(config.experiment_name)
         if experiment is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -274,3 +275,27 @@ def test_promotion_exactly_at_the_tolerance_boundary(new: float, champion: float
     assert not math.isclose(new, champion)  # a real boundary case, not equality
     decision = decide_promotion({"accuracy": new}, {"accuracy": champion}, "accuracy", tolerance)
     assert decision.promote is True, decision.reason
+
+
+def test_pipeline_without_imputer_when_nothing_can_be_missing() -> None:
+    from retrain_pipeline.config import ModelConfig as _ModelConfig
+
+    config = _ModelConfig.model_validate({}, context={"root": Path("/tmp")})
+    assert [name for name, _ in build_pipeline(config, impute=False).steps] == ["scale", "model"]
+    assert [name for name, _ in build_pipeline(config).steps] == ["impute", "scale", "model"]
+
+
+@pytest.mark.parametrize("estimator", ["random_forest", "logistic_regression", "sklearn.svm.LinearSVC"])
+def test_evaluate_matches_predict(estimator: str) -> None:
+    from sklearn.metrics import accuracy_score as _accuracy
+
+    from retrain_pipeline.config import ModelConfig as _ModelConfig
+
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame(rng.normal(size=(200, 4)), columns=list("abcd"))
+    target = pd.Series((features["a"] + rng.normal(scale=0.8, size=200) > 0).astype(int))
+    config = _ModelConfig.model_validate({"estimator": estimator}, context={"root": Path("/tmp")})
+    fitted = train_model(config, features, target, impute=False)
+    metrics = evaluate_model(fitted, features, target, 1)
+    assert metrics["accuracy"] == pytest.approx(_accuracy(target, fitted.predict(features)))
+    assert metrics["roc_auc"] is not None and 0.5 < metrics["roc_auc"] <= 1.0

@@ -1,0 +1,1126 @@
+"""Benchmark: the Prefect flow against a plain script doing the same work (the floor).
+
+    python -m benchmarks.run_benchmark [--smoke] [--out-dir DIR]
+    python benchmarks/run_benchmark.py [--smoke] [--out-dir DIR]     # the same
+
+For each size (small: 50 rows per batch, large: 100,000 rows per batch; 30 features) it
+builds fresh temporary projects with synthetic landing batches, then
+
+* the **baseline** runs the plain functions the flow uses (read, validate, split, merge
+  with every earlier accepted batch re-read from Parquet as the flow does, train, evaluate
+  the new and the previous model, save the model and the data) in one Python process;
+* the **pipeline** runs the real flow in-process, one call per batch, after a warm-up call
+  on a throw-away project; its split by step comes from the task runs Prefect recorded;
+* the **CLI** runs ``python flows/automated_training_flow.py --params P`` once per size;
+
+and writes ``benchmark.json`` (every raw number) and ``BENCHMARKS.md`` (tables, target
+checks, where the time goes). Baseline and flow each run in a child process of this script
+(hidden ``--worker`` flag) so their peak RSS can be read; the two never run at the same time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from retrain_pipeline.config import Settings
+
+logger = logging.getLogger("benchmarks.run_benchmark")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_JSON = REPO_ROOT / "benchmarks" / "results" / "benchmark.json"
+DEFAULT_REPORT = REPO_ROOT / "BENCHMARKS.md"
+SEED = 20_261_123
+N_FEATURES = 30
+ESTIMATOR = "hist_gradient_boosting"
+HYPERPARAMETERS: dict[str, Any] = {"max_iter": 50}
+PACKAGES = ("prefect", "mlflow", "dvc", "scikit-learn", "pandas")
+
+# Targets (the issue's acceptance criteria).
+MAX_FLOW_TO_BASELINE = 1.15
+MAX_FIXED_OVERHEAD_S = 2.0
+MAX_RSS_TO_DATA = 3.0
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """One benchmark size: rows per batch, batches per repetition, repetitions."""
+
+    name: str
+    rows: int
+    batches: int
+    repetitions: int
+
+
+FULL_SIZES = (SizeSpec("small", 50, 10, 3), SizeSpec("large", 100_000, 10, 2))
+SMOKE_SIZES = (SizeSpec("small", 50, 3, 1), SizeSpec("large", 2_000, 3, 1))
+
+# Prefect task name -> step. Tasks not named in the issue: prepare-project (folders, DVC
+# repo check) counts as state, save-model (joblib dump) as its own step, like the baseline.
+TASK_STEPS = {
+    "load-batch": "validate+merge",
+    "validate-and-merge": "validate+merge",
+    "quarantine-batch": "validate+merge",
+    "train-model": "train",
+    "evaluate-models": "evaluate",
+    "load-champion": "evaluate",
+    "save-model": "save model",
+    "connect-mlflow": "MLflow",
+    "log-to-mlflow": "MLflow",
+    "promote-champion": "MLflow",
+    "tag-run-committed": "MLflow",
+    "version-with-dvc": "DVC",
+    "prepare-project": "state",
+    "load-state": "state",
+    "choose-batch": "state",
+    "record-batch": "state",
+    "pause-schedule": "state",
+    "write-metrics": "reports",
+    "publish-report": "reports",
+    "publish-history": "reports",
+}
+LAST_TASK = "publish-history"  # the last task of a completed flow run
+ORCHESTRATION = "other (orchestration)"
+UNMAPPED = "unmapped tasks"
+FLOW_STEPS = (
+    "validate+merge",
+    "train",
+    "evaluate",
+    "save model",
+    "MLflow",
+    "DVC",
+    "state",
+    "reports",
+    UNMAPPED,
+    ORCHESTRATION,
+)
+# Baseline sub-steps -> the same steps as the flow.
+BASELINE_STEPS = {
+    "read": "validate+merge",
+    "validate": "validate+merge",
+    "split": "validate+merge",
+    "merge": "validate+merge",
+    "write data": "validate+merge",
+    "train": "train",
+    "evaluate": "evaluate",
+    "save model": "save model",
+}
+
+
+METHOD = """\
+Sizes: {sizes}. Synthetic, seeded data (`benchmarks/synthetic.py`: gaussian, log-normal, uniform,
+count and correlated features; a noisy logistic target). Every repetition is a fresh temporary project
+(landing source, MLflow on its own `sqlite:///mlflow.db`, DVC without Git) with the model
+`{estimator}` and hyperparameters `{hp}` (fast and realistic).
+
+- **Baseline (the floor)**: the plain functions the flow uses, in one Python process, no
+  Prefect/MLflow/DVC: `read_batch_file`, `build_schema` + `validate_batch`, `split_batch`,
+  `merge_batches` with every earlier accepted batch **re-read from its Parquet file, as the flow
+  does**, `require_classes`, both Parquet files written (`write_parquet_atomic`),
+  `features_and_target`, `train_model`, `evaluate_model` for the new and the previous model
+  (kept in memory), `joblib.dump` of the model. One warm-up batch on a throw-away project first.
+- **Flow**: `automated_training_flow(params_path=..., return_state=True)` in-process, once per
+  batch, after one warm-up call on a throw-away project in the same process (reported under
+  start-up). The split by step comes from the task runs Prefect recorded for each flow run
+  (`end_time - start_time`); `other (orchestration)` is the flow's wall time minus the sum of its
+  task runs. `load-champion` (loading the champion from the MLflow registry) counts as evaluate,
+  `prepare-project` as state, `save-model` as save model.
+- **CLI**: `python flows/automated_training_flow.py --params P` for one more batch on a finished
+  project: the whole process (interpreter, imports, ephemeral API start, the batch).
+- Baseline and flow each run in a child process (one after the other, never at the same time)
+  with a private `PREFECT_HOME` (so the flow's warm-up includes Prefect's database set-up), no
+  `PREFECT_API_URL` and no `MLFLOW_TRACKING_URI`.
+"""
+
+
+class BenchmarkError(RuntimeError):
+    """The benchmark could not measure what it should (a batch failed, a worker died)."""
+
+
+# --------------------------------------------------------------------------- timing helpers
+
+
+class StepTimer:
+    """Accumulates perf_counter seconds per named step."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (ru_maxrss is in KiB on Linux)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def current_rss_bytes() -> int:
+    """This process's resident set size now (VmRSS), 0 where /proc is absent."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+# --------------------------------------------------------------------------- projects
+
+
+def write_params(root: Path, max_batches: int) -> Path:
+    """A params.yaml for a landing-source project; MLflow stays at sqlite:///mlflow.db."""
+    params = {
+        "data": {"source": "landing", "target_column": "target", "classes": [0, 1]},
+        "model": {"estimator": ESTIMATOR, "hyperparameters": dict(HYPERPARAMETERS)},
+        "automation": {"max_batches": max_batches},
+    }
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def make_project(root: Path, batches: Sequence[Any], max_batches: int) -> Path:
+    """A project folder with params.yaml and the batches in data/landing; returns params."""
+    from benchmarks.synthetic import write_landing
+
+    root.mkdir(parents=True)
+    write_landing(root / "data" / "landing", batches)
+    return write_params(root, max_batches)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One repetition of one size: its project and where the baseline writes."""
+
+    size: str
+    rep: int
+    params: Path
+    baseline_out: Path
+    batches: int
+
+    def as_job(self) -> Json:
+        return {
+            "size": self.size,
+            "rep": self.rep,
+            "params": str(self.params),
+            "baseline_out": str(self.baseline_out),
+            "n_batches": self.batches,
+        }
+
+
+def build_runs(work: Path, sizes: Sequence[SizeSpec]) -> list[Run]:
+    """Fresh projects for every repetition; one extra landing batch for the CLI run."""
+    from benchmarks.synthetic import make_batches
+
+    runs: list[Run] = []
+    for spec in sizes:
+        batches = make_batches(spec.batches + 1, spec.rows, N_FEATURES, seed=SEED)
+        for rep in range(1, spec.repetitions + 1):
+            folder = work / f"{spec.name}-rep{rep}"
+            params = make_project(folder / "project", batches, max_batches=spec.batches + 1)
+            runs.append(Run(spec.name, rep, params, folder / "baseline", spec.batches))
+        logger.info("Wrote %d project(s) for size %s (%d rows/batch)", spec.repetitions, spec.name, spec.rows)
+    return runs
+
+
+def build_warmup(work: Path) -> Run:
+    """A throw-away project with one small batch, for the warm-up calls."""
+    from benchmarks.synthetic import make_batches
+
+    folder = work / "warmup"
+    params = make_project(folder / "project", make_batches(1, 50, N_FEATURES, seed=SEED + 1), 1)
+    return Run("warmup", 0, params, folder / "baseline", 1)
+
+
+# --------------------------------------------------------------------------- the baseline
+
+
+@dataclass
+class BaselineRun:
+    """A plain-script run over one project: what it keeps between batches."""
+
+    settings: Settings
+    out: Path
+    features: list[str] | None = None
+    accepted: list[int] = field(default_factory=list)
+    champion: Any = None
+    merged_bytes: int = 0
+
+    def batch_file(self, batch_number: int) -> Path:
+        return self.out / "batches" / f"batch_{batch_number}.parquet"
+
+
+def baseline_batch(run: BaselineRun, batch_number: int) -> Json:
+    """One batch through the plain functions, timed per step."""
+    timer = StepTimer()
+    start = time.perf_counter()
+    merged = _baseline_data(run, batch_number, timer)
+    _baseline_model(run, merged, batch_number, timer)
+    wall = time.perf_counter() - start
+    run.accepted.append(batch_number)
+    run.merged_bytes = int(merged.memory_usage(deep=True).sum())
+    return {
+        "batch": batch_number,
+        "wall_s": wall,
+        "rows_accumulated": len(merged),
+        "substeps": timer.seconds,
+        "steps": _group(timer.seconds, BASELINE_STEPS),
+    }
+
+
+def _baseline_data(run: BaselineRun, n: int, timer: StepTimer) -> Any:
+    """Read, validate, split, merge with the earlier batches (re-read), write both tables."""
+    from retrain_pipeline import data
+
+    cfg = run.settings.data
+    with timer.step("read"):
+        path = data.find_landing_file(cfg.landing_dir, n)
+        if path is None:
+            raise BenchmarkError(f"landing batch {n} is missing in {cfg.landing_dir}")
+        frame = data.read_batch_file(path, n)
+    with timer.step("validate"):
+        features = run.features or [str(c) for c in frame.columns if c != cfg.target_column]
+        schema = data.build_schema(
+            features,
+            cfg.target_column,
+            cfg.classes,
+            allow_missing_values=cfg.allow_missing_values,
+            max_abs_value=cfg.max_abs_value,
+        )
+        valid = data.validate_batch(frame, schema, batch_number=n, file=str(path))
+        run.features = features
+    with timer.step("split"):
+        evaluation = run.settings.evaluation
+        split = data.split_batch(
+            valid,
+            target_column=cfg.target_column,
+            holdout_fraction=evaluation.holdout_fraction,
+            seed=evaluation.split_seed,
+            batch_number=n,
+        )
+    with timer.step("merge"):
+        import pandas as pd
+
+        earlier = [pd.read_parquet(run.batch_file(k)) for k in run.accepted]
+        merged = data.merge_batches([*earlier, split])
+        _, train_target = data.features_and_target(merged, cfg.target_column, data.TRAIN)
+        data.require_classes(train_target, cfg.classes, batch_number=n, file=str(path))
+    with timer.step("write data"):
+        data.write_parquet_atomic(split, run.batch_file(n))
+        data.write_parquet_atomic(merged, run.out / "training_data.parquet")
+    return merged
+
+
+def _baseline_model(run: BaselineRun, merged: Any, n: int, timer: StepTimer) -> None:
+    """Train, score the new and the previous model on the holdout, save the model."""
+    import joblib
+
+    from retrain_pipeline import data, model
+
+    target_column = run.settings.data.target_column
+    with timer.step("train"):
+        features, target = data.features_and_target(merged, target_column, data.TRAIN)
+        trained = model.train_model(run.settings.model, features, target)
+    with timer.step("evaluate"):
+        holdout, truth = data.features_and_target(merged, target_column, data.HOLDOUT)
+        positive = run.settings.data.classes[1]
+        metrics = model.evaluate_model(trained, holdout, truth, positive)
+        previous = None
+        if run.champion is not None:
+            previous = model.evaluate_model(run.champion, holdout, truth, positive)
+        cfg = run.settings.evaluation
+        decision = model.decide_promotion(metrics, previous, cfg.primary_metric, cfg.promotion_tolerance)
+    with timer.step("save model"):
+        path = run.out / "models" / f"batch_{n}.joblib"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        joblib.dump(trained, path)
+    if decision.promote:
+        run.champion = trained
+
+
+def run_baseline(job: Json) -> Json:
+    """The baseline over one project's batches 1..N."""
+    from retrain_pipeline.config import load_settings
+
+    run = BaselineRun(load_settings(Path(job["params"])), Path(job["baseline_out"]))
+    batches = []
+    for n in range(1, job["n_batches"] + 1):
+        batches.append(baseline_batch(run, n))
+        logger.info("baseline %s rep %s batch %d: %.2f s", job["size"], job["rep"], n, batches[-1]["wall_s"])
+    return {"batches": batches, "merged_bytes": run.merged_bytes}
+
+
+# --------------------------------------------------------------------------- the flow
+
+
+def task_name(task_run_name: str) -> str:
+    """The task's name from its task run's name ('<task name>-<3 hex digits>')."""
+    return task_run_name.rsplit("-", 1)[0]
+
+
+def read_task_durations(flow_run_id: str, timeout_s: float = 15.0) -> list[Json]:
+    """The flow run's task runs as {name, seconds}, once Prefect has recorded all of them.
+
+    Waits until every task run has ended and the flow's last task is there (or two reads
+    0.2 s apart agree), or until ``timeout_s``: task run states reach the API as events.
+    """
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+    deadline = time.monotonic() + timeout_s
+    previous = -1
+    while True:
+        with get_client(sync_client=True) as client:
+            task_runs = client.read_task_runs(flow_run_filter=run_filter)
+        ended = all(r.start_time is not None and r.end_time is not None for r in task_runs)
+        has_last = LAST_TASK in {task_name(r.name) for r in task_runs}
+        if (ended and (has_last or len(task_runs) == previous)) or time.monotonic() > deadline:
+            break
+        previous = len(task_runs) if ended else -1
+        time.sleep(0.2)
+    return [{"name": task_name(r.name), "seconds": _task_seconds(r)} for r in task_runs]
+
+
+def _task_seconds(task_run: Any) -> float:
+    if task_run.start_time is not None and task_run.end_time is not None:
+        return float((task_run.end_time - task_run.start_time).total_seconds())
+    return float(task_run.total_run_time.total_seconds())
+
+
+def flow_steps(wall_s: float, tasks: Sequence[Json]) -> dict[str, float]:
+    """Seconds per step; the remainder of the wall time is Prefect's orchestration."""
+    steps = dict.fromkeys(FLOW_STEPS, 0.0)
+    for task in tasks:
+        steps[TASK_STEPS.get(task["name"], UNMAPPED)] += task["seconds"]
+    steps[ORCHESTRATION] = wall_s - sum(task["seconds"] for task in tasks)
+    return steps
+
+
+def run_flow_batch(flow_fn: Callable[..., Any], params: Path) -> Json:
+    """One flow call (it takes the next batch); fails unless the batch completed."""
+    start = time.perf_counter()
+    state = flow_fn(params_path=str(params), return_state=True)
+    wall = time.perf_counter() - start
+    outcome = state.result(raise_on_failure=False)
+    status = outcome.get("status") if isinstance(outcome, dict) else f"{state.type}: {outcome!r}"
+    if status != "completed":
+        raise BenchmarkError(f"flow run on {params} ended with {status!r}: {outcome!r}")
+    flow_run_id = str(state.state_details.flow_run_id)
+    tasks = read_task_durations(flow_run_id)
+    return {
+        "batch": outcome["batch_number"],
+        "wall_s": wall,
+        "status": status,
+        "flow_run_id": flow_run_id,
+        "tasks": tasks,
+        "steps": flow_steps(wall, tasks),
+    }
+
+
+def run_flow(flow_fn: Callable[..., Any], job: Json) -> Json:
+    """The flow over one project's batches 1..N, one call each.
+
+    ``mlflow.set_tracking_uri`` (called by the flow) also exports ``MLFLOW_TRACKING_URI``,
+    which the pipeline's settings then prefer over the params file: without removing it, a
+    second project in the same process would log to the first project's store. Removing it
+    before each project gives what a fresh process would see.
+    """
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    batches = []
+    for _ in range(job["n_batches"]):
+        batches.append(run_flow_batch(flow_fn, Path(job["params"])))
+        last = batches[-1]
+        logger.info("flow %s rep %s batch %s: %.2f s", job["size"], job["rep"], last["batch"], last["wall_s"])
+    return {"batches": batches}
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def baseline_worker(job: Json) -> Json:
+    """Child process: imports, a warm-up batch, then every run's baseline."""
+    started = time.perf_counter()
+    import joblib  # noqa: F401  (timed: the baseline's imports)
+
+    from retrain_pipeline import data, model  # noqa: F401
+
+    imported = time.perf_counter()
+    warmup = run_baseline(job["warmup"])
+    result: Json = {
+        "import_s": imported - started,
+        "warmup_s": time.perf_counter() - imported,
+        "warmup": warmup,
+        "rss_after_warmup_bytes": current_rss_bytes(),
+        "runs": [],
+    }
+    for run in job["runs"]:
+        result["runs"].append({**run, **run_baseline(run), "peak_rss_bytes": peak_rss_bytes()})
+    return result
+
+
+def flow_worker(job: Json) -> Json:
+    """Child process: import the flow, one warm-up call (starts the ephemeral API), the runs."""
+    started = time.perf_counter()
+    from flows.automated_training_flow import automated_training_flow
+
+    imported = time.perf_counter()
+    warmup = run_flow_batch(automated_training_flow, Path(job["warmup"]["params"]))
+    result: Json = {
+        "import_s": imported - started,
+        "warmup_s": time.perf_counter() - imported,
+        "warmup": warmup,
+        "rss_after_warmup_bytes": current_rss_bytes(),
+        "runs": [],
+    }
+    for run in job["runs"]:
+        result["runs"].append(
+            {**run, **run_flow(automated_training_flow, run), "peak_rss_bytes": peak_rss_bytes()}
+        )
+    return result
+
+
+WORKERS: dict[str, Callable[[Json], Json]] = {"baseline": baseline_worker, "flow": flow_worker}
+
+
+def child_env(prefect_home: Path) -> dict[str, str]:
+    """The children's environment: ephemeral Prefect API in a private PREFECT_HOME, local MLflow."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+    env.update(
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def run_worker(kind: str, job: Json, work: Path, env: dict[str, str]) -> Json:
+    """Run a worker as a child process of this script; returns its result."""
+    job_file, result_file, log_file = (
+        work / f"{kind}-{name}" for name in ("job.json", "result.json", "log.txt")
+    )
+    job_file.write_text(json.dumps(job), encoding="utf-8")
+    command = [sys.executable, "-m", "benchmarks.run_benchmark", "--worker", kind]
+    command += ["--job", str(job_file), "--result", str(result_file)]
+    logger.info("Running the %s worker (its log: %s)", kind, log_file)
+    start = time.perf_counter()
+    with log_file.open("w", encoding="utf-8") as log:
+        process = subprocess.run(
+            command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False
+        )
+    if process.returncode != 0:
+        tail = "\n".join(log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
+        raise BenchmarkError(f"the {kind} worker failed (exit {process.returncode}); log tail:\n{tail}")
+    result: Json = json.loads(result_file.read_text(encoding="utf-8"))
+    result["process_wall_s"] = time.perf_counter() - start
+    logger.info("The %s worker finished in %.1f s", kind, result["process_wall_s"])
+    return result
+
+
+def run_cli(params: Path, env: dict[str, str]) -> Json:
+    """``python flows/automated_training_flow.py --params P`` as a user runs it: one batch."""
+    command = [sys.executable, "flows/automated_training_flow.py", "--params", str(params)]
+    start = time.perf_counter()
+    process = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    lines = process.stdout.strip().splitlines()
+    last = lines[-1] if lines else ""
+    if process.returncode != 0 or not last.startswith("completed:"):
+        raise BenchmarkError(f"CLI run failed (exit {process.returncode}): {last}\n{process.stderr[-3000:]}")
+    logger.info("CLI one batch: %.2f s (%s)", wall, last)
+    shown = ["python", "flows/automated_training_flow.py", "--params", str(params)]
+    found = re.search(r"batch (\d+)", last)
+    return {
+        "command": shlex.join(shown),
+        "wall_s": wall,
+        "exit_code": process.returncode,
+        "last_line": last,
+        "batch": int(found.group(1)) if found else None,
+    }
+
+
+def merged_table_bytes(params: Path) -> int:
+    """In-memory size of the flow's final merged table (its training_data.parquet, loaded)."""
+    import pandas as pd
+
+    frame = pd.read_parquet(params.parent / "data" / "processed" / "training_data.parquet")
+    return int(frame.memory_usage(deep=True).sum())
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def _group(seconds: dict[str, float], mapping: dict[str, str]) -> dict[str, float]:
+    grouped: dict[str, float] = {}
+    for name, value in seconds.items():
+        grouped[mapping[name]] = grouped.get(mapping[name], 0.0) + value
+    return grouped
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> Json:
+    """Least squares ``y = a + b*x`` with R²."""
+    import numpy as np
+
+    x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    b, a = np.polyfit(x, y, 1)
+    residual = float(((y - (a + b * x)) ** 2).sum())
+    total = float(((y - y.mean()) ** 2).sum())
+    return {
+        "intercept_s": float(a),
+        "slope_s_per_row": float(b),
+        "r2": 1 - residual / total if total else 1.0,
+    }
+
+
+def per_batch_table(spec: SizeSpec, flow_runs: Sequence[Json], base_runs: Sequence[Json]) -> list[Json]:
+    """Per batch: medians over repetitions of flow and baseline wall time."""
+    rows = []
+    for i in range(spec.batches):
+        flow_s = _median([run["batches"][i]["wall_s"] for run in flow_runs])
+        base_s = _median([run["batches"][i]["wall_s"] for run in base_runs])
+        rows.append(
+            {
+                "batch": i + 1,
+                "rows_accumulated": (i + 1) * spec.rows,
+                "flow_s": flow_s,
+                "baseline_s": base_s,
+                "difference_s": flow_s - base_s,
+                "ratio": flow_s / base_s,
+            }
+        )
+    return rows
+
+
+def step_split(runs: Sequence[Json], steps: Sequence[str]) -> dict[str, float]:
+    """Median over repetitions of the seconds per step summed over batches."""
+    return {
+        step: _median([sum(b["steps"].get(step, 0.0) for b in run["batches"]) for run in runs])
+        for step in steps
+    }
+
+
+def task_split(runs: Sequence[Json]) -> dict[str, float]:
+    """Median over repetitions of the seconds per Prefect task summed over batches."""
+    names = sorted({t["name"] for run in runs for b in run["batches"] for t in b["tasks"]})
+    return {
+        name: _median(
+            [
+                sum(t["seconds"] for b in run["batches"] for t in b["tasks"] if t["name"] == name)
+                for run in runs
+            ]
+        )
+        for name in names
+    }
+
+
+def growth(table: Sequence[Json], key: str) -> Json:
+    """Linear fit of per-batch time over accumulated rows and t(N)/t(N/2) vs the rows ratio."""
+    last, middle = table[-1], table[max(0, len(table) // 2 - 1)]
+    fit = linear_fit([r["rows_accumulated"] for r in table], [r[key] for r in table])
+    return {
+        **fit,
+        "late_batch": last["batch"],
+        "early_batch": middle["batch"],
+        "time_ratio": last[key] / middle[key],
+        "rows_ratio": last["rows_accumulated"] / middle["rows_accumulated"],
+    }
+
+
+def summarize_size(spec: SizeSpec, flow_runs: list[Json], base_runs: list[Json]) -> Json:
+    """Totals, per-batch table, ratios, overhead, growth and step split of one size."""
+    flow_totals = [sum(b["wall_s"] for b in run["batches"]) for run in flow_runs]
+    base_totals = [sum(b["wall_s"] for b in run["batches"]) for run in base_runs]
+    table = per_batch_table(spec, flow_runs, base_runs)
+    later = [row["ratio"] for row in table[1:]] or [table[0]["ratio"]]
+    return {
+        "rows_per_batch": spec.rows,
+        "batches": spec.batches,
+        "repetitions": spec.repetitions,
+        "flow_total_s": {"median": _median(flow_totals), "min": min(flow_totals), "all": flow_totals},
+        "baseline_total_s": {"median": _median(base_totals), "min": min(base_totals), "all": base_totals},
+        "ratio_total_medians": _median(flow_totals) / _median(base_totals),
+        "ratio_last_batch": table[-1]["ratio"],
+        "ratio_mean_batches_2_to_n": statistics.fmean(later),
+        "fixed_overhead_s": _median([row["difference_s"] for row in table]),
+        "per_batch": table,
+        "growth": {"flow": growth(table, "flow_s"), "baseline": growth(table, "baseline_s")},
+        "flow_steps_s": step_split(flow_runs, FLOW_STEPS),
+        "baseline_steps_s": step_split(base_runs, tuple(dict.fromkeys(BASELINE_STEPS.values()))),
+        "flow_tasks_s": task_split(flow_runs),
+    }
+
+
+def memory_summary(size: str, flow: Json, baseline: Json, merged_bytes: int) -> Json:
+    """Peak RSS of the flow and baseline processes after this size, against the data size."""
+    flow_peak = max(r["peak_rss_bytes"] for r in flow["runs"] if r["size"] == size)
+    base_peak = max(r["peak_rss_bytes"] for r in baseline["runs"] if r["size"] == size)
+    return {
+        "merged_bytes": merged_bytes,
+        "flow_peak_rss_bytes": flow_peak,
+        "flow_rss_after_warmup_bytes": flow["rss_after_warmup_bytes"],
+        "baseline_peak_rss_bytes": base_peak,
+        "baseline_rss_after_warmup_bytes": baseline["rss_after_warmup_bytes"],
+        "flow_ratio": flow_peak / merged_bytes,
+        "flow_ratio_above_warmup": (flow_peak - flow["rss_after_warmup_bytes"]) / merged_bytes,
+        "baseline_ratio": base_peak / merged_bytes,
+    }
+
+
+def _check(name: str, measured: float, limit: float, unit: str, detail: str = "") -> Json:
+    return {
+        "target": name,
+        "measured": measured,
+        "limit": limit,
+        "unit": unit,
+        "passed": measured <= limit,
+        "detail": detail,
+    }
+
+
+def target_checks(sizes: dict[str, Json], memory: dict[str, Json]) -> list[Json]:
+    """The issue's targets, PASS/FAIL on the measured numbers."""
+    small, large = sizes["small"], sizes["large"]
+    rows = f"{large['rows_per_batch']:,} rows/batch"
+    flow_growth = large["growth"]["flow"]
+    large_memory = memory["large"]
+    return [
+        _check(
+            f"flow/baseline at {rows}, per-batch ratio averaged over batches 2..{large['batches']}",
+            large["ratio_mean_batches_2_to_n"],
+            MAX_FLOW_TO_BASELINE,
+            "x",
+        ),
+        _check(
+            f"flow/baseline at {rows}, total (medians)",
+            large["ratio_total_medians"],
+            MAX_FLOW_TO_BASELINE,
+            "x",
+        ),
+        _check(
+            f"fixed overhead per run at {small['rows_per_batch']} rows/batch (median of flow - baseline)",
+            small["fixed_overhead_s"],
+            MAX_FIXED_OVERHEAD_S,
+            "s",
+        ),
+        _check(
+            f"growth at {rows}: t(batch {flow_growth['late_batch']})/t(batch {flow_growth['early_batch']}) "
+            "<= accumulated-rows ratio",
+            flow_growth["time_ratio"],
+            flow_growth["rows_ratio"],
+            "x",
+            f"fit t = {flow_growth['intercept_s']:.2f} s + {flow_growth['slope_s_per_row'] * 1e5:.3f} s "
+            f"per 100k rows (R² {flow_growth['r2']:.3f})",
+        ),
+        _check(
+            f"peak RSS of the flow process <= {MAX_RSS_TO_DATA:g}x the accumulated training data at {rows}",
+            large_memory["flow_ratio"],
+            MAX_RSS_TO_DATA,
+            "x",
+            f"{_mib(large_memory['flow_peak_rss_bytes'])} peak vs {_mib(large_memory['merged_bytes'])} data",
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------- machine and report
+
+
+def machine_info() -> Json:
+    memory_kib = 0
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("MemTotal:"):
+                memory_kib = int(line.split()[1])
+    except OSError:
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return {
+        "cpu_count": os.cpu_count(),
+        "memory_bytes": memory_kib * 1024,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+    }
+
+
+def _mib(value: float) -> str:
+    return f"{value / 2**20:,.0f} MiB"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def render_targets(checks: Sequence[Json]) -> list[str]:
+    rows = [
+        (
+            c["target"],
+            f"{c['measured']:.2f} {c['unit']}",
+            f"<= {c['limit']:.2f} {c['unit']}",
+            "**PASS**" if c["passed"] else "**FAIL**",
+            c["detail"],
+        )
+        for c in checks
+    ]
+    return ["## Targets", "", *_table(("target", "measured", "limit", "result", "detail"), rows)]
+
+
+def render_totals(sizes: dict[str, Json]) -> list[str]:
+    rows = [
+        (
+            name,
+            f"{s['rows_per_batch']:,}",
+            s["batches"],
+            s["repetitions"],
+            f"{s['flow_total_s']['median']:.2f}",
+            f"{s['flow_total_s']['min']:.2f}",
+            f"{s['baseline_total_s']['median']:.2f}",
+            f"{s['baseline_total_s']['min']:.2f}",
+            f"{s['ratio_total_medians']:.2f}",
+            f"{s['ratio_last_batch']:.2f}",
+            f"{s['fixed_overhead_s']:.2f}",
+        )
+        for name, s in sizes.items()
+    ]
+    header = (
+        "size",
+        "rows/batch",
+        "batches",
+        "reps",
+        "flow total s (median)",
+        "flow total s (min)",
+        "baseline total s (median)",
+        "baseline total s (min)",
+        "flow/baseline (medians)",
+        "flow/baseline last batch",
+        "flow - baseline per batch s (median)",
+    )
+    return ["## Totals", "", *_table(header, rows)]
+
+
+def render_startup(flow: Json, baseline: Json, cli: dict[str, Json]) -> list[str]:
+    rows = [
+        ("flow process: import the flow module", f"{flow['import_s']:.2f}"),
+        (
+            "flow process: warm-up flow call (ephemeral API start, first imports, Prefect DB set-up)",
+            f"{flow['warmup_s']:.2f}",
+        ),
+        ("baseline process: imports", f"{baseline['import_s']:.2f}"),
+        ("baseline process: warm-up batch", f"{baseline['warmup_s']:.2f}"),
+    ]
+    rows += [
+        (f"CLI process, one batch ({name}: batch {c['batch']})", f"{c['wall_s']:.2f}")
+        for name, c in cli.items()
+    ]
+    return ["## Start-up and the CLI", "", *_table(("what", "seconds"), rows)]
+
+
+def render_per_batch(sizes: dict[str, Json]) -> list[str]:
+    lines = ["## Per-batch wall time (median over repetitions)", ""]
+    for name, s in sizes.items():
+        rows = [
+            (
+                r["batch"],
+                f"{r['rows_accumulated']:,}",
+                f"{r['flow_s']:.2f}",
+                f"{r['baseline_s']:.2f}",
+                f"{r['difference_s']:+.2f}",
+                f"{r['ratio']:.2f}",
+            )
+            for r in s["per_batch"]
+        ]
+        header = ("batch", "accumulated rows", "flow s", "baseline s", "flow - baseline s", "flow/baseline")
+        lines += [f"### {name} ({s['rows_per_batch']:,} rows per batch)", "", *_table(header, rows)]
+    return lines
+
+
+def render_growth(sizes: dict[str, Json]) -> list[str]:
+    rows = []
+    for name, s in sizes.items():
+        for series in ("flow", "baseline"):
+            g = s["growth"][series]
+            rows.append(
+                (
+                    name,
+                    series,
+                    f"{g['intercept_s']:.3f}",
+                    f"{g['slope_s_per_row'] * 1e5:.4f}",
+                    f"{g['r2']:.3f}",
+                    f"{g['time_ratio']:.2f} (batch {g['late_batch']}/{g['early_batch']})",
+                    f"{g['rows_ratio']:.2f}",
+                )
+            )
+    header = (
+        "size",
+        "series",
+        "a: intercept s",
+        "b: s per 100k rows",
+        "R²",
+        "t(late)/t(early)",
+        "rows ratio",
+    )
+    return [
+        "## Growth with accumulated rows (fit t = a + b·rows over all batches)",
+        "",
+        *_table(header, rows),
+    ]
+
+
+def render_steps(sizes: dict[str, Json]) -> list[str]:
+    lines = ["## Step split (seconds summed over the batches, median over repetitions)", ""]
+    for name, s in sizes.items():
+        flow_total = s["flow_total_s"]["median"]
+        rows = [
+            (
+                step,
+                f"{s['flow_steps_s'][step]:.2f}",
+                f"{100 * s['flow_steps_s'][step] / flow_total:.0f}%",
+                f"{s['baseline_steps_s'][step]:.2f}" if step in s["baseline_steps_s"] else "-",
+            )
+            for step in FLOW_STEPS
+            if step != UNMAPPED or s["flow_steps_s"][step]
+        ]
+        lines += [f"### {name}", "", *_table(("step", "flow s", "share of flow", "baseline s"), rows)]
+        tasks = sorted(s["flow_tasks_s"].items(), key=lambda item: -item[1])
+        lines += _table(("Prefect task", "seconds"), [(t, f"{v:.2f}") for t, v in tasks])
+    return lines
+
+
+def where_the_time_goes(sizes: dict[str, Json]) -> list[str]:
+    """A short paragraph generated from the step split."""
+    sentences = []
+    for name, s in sizes.items():
+        steps = {k: v for k, v in s["flow_steps_s"].items() if v > 0}
+        total = s["flow_total_s"]["median"]
+        ranked = sorted(steps.items(), key=lambda item: -item[1])
+        top = ", ".join(f"{step} {100 * value / total:.0f}%" for step, value in ranked[:3])
+        extra = total - s["baseline_total_s"]["median"]
+        added = {k: steps.get(k, 0.0) for k in ("MLflow", "DVC", "state", "reports", ORCHESTRATION)}
+        added_text = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(added.items(), key=lambda i: -i[1]))
+        sentences.append(
+            f"At the {name} size ({s['rows_per_batch']:,} rows per batch) **{ranked[0][0]}** dominates the "
+            f"flow's time (top steps: {top}). The flow needs {extra:.1f} s more than the plain script over "
+            f"{s['batches']} batches; the steps the script does not have account for {added_text}."
+        )
+    return ["## Where the time goes", "", " ".join(sentences), ""]
+
+
+def render_memory(memory: dict[str, Json]) -> list[str]:
+    rows = [
+        (
+            name,
+            _mib(m["merged_bytes"]),
+            _mib(m["flow_peak_rss_bytes"]),
+            f"{m['flow_ratio']:.2f}",
+            _mib(m["flow_rss_after_warmup_bytes"]),
+            f"{m['flow_ratio_above_warmup']:.2f}",
+            _mib(m["baseline_peak_rss_bytes"]),
+            f"{m['baseline_ratio']:.2f}",
+        )
+        for name, m in memory.items()
+    ]
+    header = (
+        "size",
+        "accumulated data in memory",
+        "flow process peak RSS",
+        "peak/data",
+        "flow RSS after warm-up",
+        "(peak - warm-up)/data",
+        "baseline process peak RSS",
+        "baseline peak/data",
+    )
+    notes = (
+        "Peak RSS is `ru_maxrss` of the worker process after the size's last repetition (sizes run "
+        "small first, so the large value is the large peak). The data size is "
+        "`merged.memory_usage(deep=True).sum()` of the final merged table. Prefect's ephemeral API "
+        "server runs in its own subprocess and is not included."
+    )
+    return ["## Memory", "", *_table(header, rows), notes, ""]
+
+
+def render_report(results: Json) -> str:
+    """BENCHMARKS.md."""
+    m = results["machine"]
+    packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    lines = [
+        "# Benchmark: the retraining flow against a plain script",
+        "",
+        f"- Date: {results['date']}; total benchmark time {results['total_runtime_s']:.0f} s",
+        f"- Command: `{results['command']}`"
+        + (" (smoke variant: tiny sizes, not for conclusions)" if results["smoke"] else ""),
+        f"- Machine: {m['cpu_count']} cores, {m['memory_bytes'] / 2**30:.1f} GiB memory, "
+        f"Python {m['python']}, {m['platform']}",
+        f"- Packages: {packages}",
+        "- The numbers come from **one run on a shared 2-core machine**; other processes may have used the "
+        "CPU now and then, so single batches can be noisy (medians over repetitions are used).",
+        "",
+        *_method(results),
+        *render_targets(results["checks"]),
+        *render_totals(results["sizes"]),
+        *render_startup(results["flow_worker"], results["baseline_worker"], results["cli"]),
+        *render_per_batch(results["sizes"]),
+        *render_growth(results["sizes"]),
+        *where_the_time_goes(results["sizes"]),
+        *render_steps(results["sizes"]),
+        *render_memory(results["memory"]),
+    ]
+    return "\n".join(lines)
+
+
+def _method(results: Json) -> list[str]:
+    sizes = ", ".join(
+        f"{name}: {s['rows_per_batch']:,} rows x {N_FEATURES} features per batch, {s['batches']} batches, "
+        f"{s['repetitions']} repetition(s)"
+        for name, s in results["sizes"].items()
+    )
+    return ["## What is measured", "", METHOD.format(sizes=sizes, estimator=ESTIMATOR, hp=HYPERPARAMETERS)]
+
+
+def print_summary(results: Json) -> None:
+    """The targets and totals on stdout."""
+    for line in render_targets(results["checks"]) + render_totals(results["sizes"]):
+        print(line)  # noqa: T201
+
+
+# --------------------------------------------------------------------------- main
+
+
+def measure(sizes: Sequence[SizeSpec], work: Path) -> Json:
+    """Build the projects, run both workers and the CLI; the raw results."""
+    env = child_env(work / "prefect-home")
+    runs = build_runs(work, sizes)
+    job = {"warmup": build_warmup(work).as_job(), "runs": [run.as_job() for run in runs]}
+    baseline = run_worker("baseline", job, work, env)
+    flow = run_worker("flow", job, work, env)
+    first = {spec.name: next(r for r in runs if r.size == spec.name) for spec in sizes}
+    merged = {name: merged_table_bytes(run.params) for name, run in first.items()}
+    cli = {name: run_cli(run.params, env) for name, run in first.items()}
+    return {"baseline_worker": baseline, "flow_worker": flow, "merged_bytes": merged, "cli": cli}
+
+
+def analyse(sizes: Sequence[SizeSpec], raw: Json) -> Json:
+    """Summaries per size, memory and the target checks."""
+    flow, baseline = raw["flow_worker"], raw["baseline_worker"]
+    summaries = {
+        spec.name: summarize_size(
+            spec,
+            [r for r in flow["runs"] if r["size"] == spec.name],
+            [r for r in baseline["runs"] if r["size"] == spec.name],
+        )
+        for spec in sizes
+    }
+    memory = {
+        spec.name: memory_summary(spec.name, flow, baseline, raw["merged_bytes"][spec.name]) for spec in sizes
+    }
+    return {"sizes": summaries, "memory": memory, "checks": target_checks(summaries, memory)}
+
+
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Where benchmark.json and BENCHMARKS.md go; --smoke never writes into the repository."""
+    if args.out_dir is not None:
+        out = Path(args.out_dir).resolve()
+        return out / "benchmark.json", out / "BENCHMARKS.md"
+    if args.smoke:
+        out = Path(tempfile.mkdtemp(prefix="retrain-bench-smoke-"))
+        return out / "benchmark.json", out / "BENCHMARKS.md"
+    return DEFAULT_JSON, DEFAULT_REPORT
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Benchmark the retraining flow against a plain script.")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition (about 2 minutes)")
+    parser.add_argument("--out-dir", help="write benchmark.json and BENCHMARKS.md here")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    job = json.loads(Path(args.job).read_text(encoding="utf-8"))
+    result = WORKERS[args.worker](job)
+    Path(args.result).write_text(json.dumps(result), encoding="utf-8")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.worker:
+        return worker_main(args)
+    json_path, report_path = output_paths(args)
+    sizes = SMOKE_SIZES if args.smoke else FULL_SIZES
+    started = time.perf_counter()
+    date = datetime.now(UTC).isoformat(timespec="seconds")
+    work = Path(tempfile.mkdtemp(prefix="retrain-bench-"))
+    try:
+        raw = measure(sizes, work)
+    except BenchmarkError:
+        logger.error("Benchmark failed; the temporary projects are kept in %s", work)
+        raise
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    results: Json = {
+        "date": date,
+        "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),
+        "smoke": args.smoke,
+        "machine": machine_info(),
+        "config": {"estimator": ESTIMATOR, "hyperparameters": HYPERPARAMETERS, "seed": SEED},
+        **raw,
+        **analyse(sizes, raw),
+        "total_runtime_s": time.perf_counter() - started,
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    report_path.write_text(render_report(results), encoding="utf-8")
+    print_summary(results)
+    print(f"wrote {json_path} and {report_path}")  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
