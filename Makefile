@@ -35,7 +35,7 @@ export PYTHONUNBUFFERED := 1
 	stop-worker trigger stop rebuild-state lineage rollback restore-data bench bench-smoke
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(POETRY):
 	@echo ">> installing Poetry $(POETRY_VERSION) into $(TOOLS)/poetry"
@@ -141,7 +141,7 @@ clean: ## Stop the services, remove generated outputs (keeps data/raw, data/land
 	find models metrics -mindepth 1 ! -name .gitkeep -delete 2>/dev/null || true
 	@echo "Cleaned generated outputs; data/raw, data/landing and .venv are kept."
 
-test: install ## Run the whole test suite (unit, flow, end-to-end)
+test: install ## Run the whole test suite (unit, flow, e2e, integration, robustness, bench smoke)
 	$(PY) -m pytest
 
 bench: install ## Benchmark the flow against a plain script (writes BENCHMARKS.md and benchmarks/results/)
