@@ -351,7 +351,9 @@ def _baseline_model(run: BaselineRun, merged: Any, n: int, timer: StepTimer) -> 
     target_column = run.settings.data.target_column
     with timer.step("train"):
         features, target = data.features_and_target(merged, target_column, data.TRAIN)
-        trained = model.train_model(run.settings.model, features, target)
+        trained = model.train_model(
+            run.settings.model, features, target, impute=run.settings.data.allow_missing_values
+        )
     with timer.step("evaluate"):
         holdout, truth = data.features_and_target(merged, target_column, data.HOLDOUT)
         positive = run.settings.data.classes[1]
