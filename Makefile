@@ -151,6 +151,6 @@ bench-smoke: install ## The benchmark on tiny sizes (about 2 minutes: Prefect st
 	$(PY) -m benchmarks.run_benchmark --smoke --out-dir "$$(mktemp -d)"
 
 lint: install ## ruff (lint + format check) and mypy
-	$(VENV)/bin/ruff check src flows deployments tests
-	$(VENV)/bin/ruff format --check src flows deployments tests
+	$(VENV)/bin/ruff check src flows deployments tests benchmarks
+	$(VENV)/bin/ruff format --check src flows deployments tests benchmarks
 	$(VENV)/bin/mypy
