@@ -311,14 +311,7 @@ def _baseline_data(run: BaselineRun, n: int, timer: StepTimer) -> Any:
         frame = data.read_batch_file(path, n)
     with timer.step("validate"):
         features = run.features or [str(c) for c in frame.columns if c != cfg.target_column]
-        schema = data.build_schema(
-            features,
-            cfg.target_column,
-            cfg.classes,
-            allow_missing_values=cfg.allow_missing_values,
-            max_abs_value=cfg.max_abs_value,
-        )
-        valid = data.validate_batch(frame, schema, batch_number=n, file=str(path))
+        valid = data.validate_batch(frame, data.schema_for(cfg, features), batch_number=n, file=str(path))
         run.features = features
     with timer.step("split"):
         evaluation = run.settings.evaluation

@@ -23,6 +23,7 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 from sklearn.model_selection import train_test_split
 
+from retrain_pipeline.config import DataConfig
 from retrain_pipeline.errors import DataValidationError
 from retrain_pipeline.fileio import atomic_path
 
@@ -166,6 +167,17 @@ def build_schema(
     integer_target = target_column if label_type is float else None
     return pa.DataFrameSchema(
         columns, strict=True, ordered=False, coerce=True, metadata={"integer_target": integer_target}
+    )
+
+
+def schema_for(config: DataConfig, feature_columns: Sequence[str]) -> pa.DataFrameSchema:
+    """The batch schema the ``data`` section of params.yaml describes."""
+    return build_schema(
+        feature_columns,
+        config.target_column,
+        config.classes,
+        allow_missing_values=config.allow_missing_values,
+        max_abs_value=config.max_abs_value,
     )
 
 

@@ -71,14 +71,9 @@ def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInp
     cfg, n = settings.data, batch.batch_number
     earlier = [k for k in state.accepted_batches(up_to=n) if k != n]
     features = _expected_features(settings, earlier, batch.frame)
-    schema = data.build_schema(
-        features,
-        cfg.target_column,
-        cfg.classes,
-        allow_missing_values=cfg.allow_missing_values,
-        max_abs_value=cfg.max_abs_value,
+    valid = data.validate_batch(
+        batch.frame, data.schema_for(cfg, features), batch_number=n, file=batch.source
     )
-    valid = data.validate_batch(batch.frame, schema, batch_number=n, file=batch.source)
     split = data.split_batch(
         valid,
         target_column=cfg.target_column,
