@@ -488,23 +488,31 @@ def baseline_worker(job: Json) -> Json:
 
 
 def flow_worker(job: Json) -> Json:
-    """Child process: import the flow, one warm-up call (starts the ephemeral API), the runs."""
+    """Child process: import the flow, one warm-up call (starts the ephemeral API), the runs.
+
+    The runs use the command line's Prefect settings (``one_off_run_settings``).
+    """
     started = time.perf_counter()
     from flows.automated_training_flow import automated_training_flow
+    from retrain_pipeline.logs import one_off_run_settings
 
     imported = time.perf_counter()
-    warmup = run_flow_batch(automated_training_flow, Path(job["warmup"]["params"]))
+    with one_off_run_settings():
+        return _flow_runs(automated_training_flow, job, imported - started)
+
+
+def _flow_runs(flow_fn: Callable[..., Any], job: Json, import_s: float) -> Json:
+    started = time.perf_counter()
+    warmup = run_flow_batch(flow_fn, Path(job["warmup"]["params"]))
     result: Json = {
-        "import_s": imported - started,
-        "warmup_s": time.perf_counter() - imported,
+        "import_s": import_s,
+        "warmup_s": time.perf_counter() - started,
         "warmup": warmup,
         "rss_after_warmup_bytes": current_rss_bytes(),
         "runs": [],
     }
     for run in job["runs"]:
-        result["runs"].append(
-            {**run, **run_flow(automated_training_flow, run), "peak_rss_bytes": peak_rss_bytes()}
-        )
+        result["runs"].append({**run, **run_flow(flow_fn, run), "peak_rss_bytes": peak_rss_bytes()})
     return result
 
 

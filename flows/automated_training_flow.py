@@ -32,7 +32,12 @@ from retrain_pipeline.data_tasks import (
     version_files,
 )
 from retrain_pipeline.errors import ConfigError, DataValidationError, PipelineError
-from retrain_pipeline.logs import DEBUG_ENV, quiet_pipeline_tracebacks, quiet_temporary_server_notices
+from retrain_pipeline.logs import (
+    DEBUG_ENV,
+    one_off_run_settings,
+    quiet_pipeline_tracebacks,
+    quiet_temporary_server_notices,
+)
 from retrain_pipeline.model_tasks import (
     connect_tracking,
     evaluate,
@@ -266,15 +271,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    while True:
-        try:
-            outcome = automated_training_flow(batch_number=args.batch, params_path=params, force=args.force)
-        except PipelineError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"{outcome['status']}: {outcome['message']}", flush=True)
-        if not (args.all and outcome["status"] == "completed"):
-            return 0
+    with one_off_run_settings():
+        while True:
+            try:
+                outcome = automated_training_flow(
+                    batch_number=args.batch, params_path=params, force=args.force
+                )
+            except PipelineError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            print(f"{outcome['status']}: {outcome['message']}", flush=True)
+            if not (args.all and outcome["status"] == "completed"):
+                return 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Logging helpers: expected pipeline errors are reported as one line, not a traceback."""
+"""Prefect run-time helpers: one-line pipeline errors, quiet notices, lean one-off runs."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 
 from retrain_pipeline.errors import PipelineError
 
@@ -49,3 +52,24 @@ def quiet_temporary_server_notices() -> None:
     logger = logging.getLogger("prefect")
     if not any(isinstance(f, DropTemporaryServerNotices) for f in logger.filters):
         logger.addFilter(DropTemporaryServerNotices())
+
+
+HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+
+
+@contextlib.contextmanager
+def one_off_run_settings() -> Iterator[None]:
+    """Prefect settings for a flow run started from our command line (not by a worker).
+
+    Prefect's flow heartbeat thread sleeps in 1-second steps and is joined when the run
+    ends, which adds up to a second to every run. Heartbeats let a Prefect automation mark
+    a vanished deployment run as crashed; deployment runs keep them. A CLI run reports its
+    own end, so it turns them off, unless ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` is set.
+    """
+    if os.environ.get(HEARTBEAT_ENV):
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
