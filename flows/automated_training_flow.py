@@ -174,8 +174,8 @@ def _train_and_commit(
     model = train(settings, training)
     evaluation = evaluate(settings, model, champion, training)
     model_file = save_model(settings, model, n)
-    md5 = version_files(settings, [training.file, model_file])
-    data_md5, model_md5 = md5[training.file], md5[model_file]
+    versioned = version_files(settings, training, model_file)
+    data_md5, model_md5 = versioned.data_md5, versioned.model_md5
     run_id = str(flow_run.id)
     tags = {
         "batch_number": str(n),

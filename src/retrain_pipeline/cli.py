@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "restore-data":
             target, md5 = operations.restore_data(settings, args.batch, args.out)
-            print(f"restored the training data of batch {args.batch} (md5 {md5}) to {target}")
+            print(f"restored the training data of batch {args.batch} (manifest md5 {md5}) to {target}")
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

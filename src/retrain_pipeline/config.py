@@ -106,6 +106,8 @@ class DataConfig(_Section):
     landing_dir: ProjectPath = Path("data/landing")
     processed_dir: ProjectPath = Path("data/processed")
     quarantine_dir: ProjectPath = Path("data/quarantine")
+    # Train on the last N accepted batches (this one included); None: on all of them.
+    window_batches: int | None = Field(default=None, gt=0, le=1_000_000)
 
     @field_validator("classes")
     @classmethod
@@ -323,9 +325,9 @@ class Settings(_Section):
         return self.processed_batches_dir / f"batch_{batch_number}.parquet"
 
     @property
-    def training_data_file(self) -> Path:
-        """The merged training data of the latest run (DVC keeps every version)."""
-        return self.data.processed_dir / "training_data.parquet"
+    def training_manifest_file(self) -> Path:
+        """Which batch files (by md5) the latest model was trained on (DVC keeps every version)."""
+        return self.data.processed_dir / "training_data.json"
 
     def model_file(self, batch_number: int) -> Path:
         return self.paths.models_dir / f"batch_{batch_number}.joblib"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import re
 import warnings
@@ -295,6 +296,13 @@ def split_batch(
     return frame.assign(**{SPLIT_COLUMN: split})
 
 
+def training_window(earlier: Sequence[int], window_batches: int | None) -> list[int]:
+    """The earlier accepted batches a new batch is merged with: all, or the last ``W - 1``."""
+    if window_batches is None:
+        return list(earlier)
+    return list(earlier[len(earlier) - (window_batches - 1) :]) if window_batches > 1 else []
+
+
 def merge_batches(batches: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate split batches (oldest first) into one training table."""
     if not batches:
@@ -330,6 +338,47 @@ def data_summary(frame: pd.DataFrame, target_column: str) -> DataSummary:
         holdout_rows=int(counts.get(HOLDOUT, 0)),
         class_counts={str(label): int(n) for label, n in balance.items()},
     )
+
+
+# --------------------------------------------------------------------------- lineage manifest
+
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class BatchFile:
+    """One processed batch file in a training set: its path (relative), md5 and rows."""
+
+    batch: int
+    file: str
+    md5: str
+    rows: int
+
+
+def training_manifest(batch_number: int, files: Sequence[BatchFile], window_batches: int | None) -> str:
+    """JSON text naming the exact batch files (by md5) the model of ``batch_number`` trains on.
+
+    Merged in this order, they are its training table: DVC keeps each batch file once and
+    this small manifest per model, instead of a new copy of all history per batch.
+    """
+    payload = {
+        "format": MANIFEST_FORMAT,
+        "batch_number": batch_number,
+        "window_batches": window_batches,
+        "rows": sum(f.rows for f in files),
+        "batches": [{"batch": f.batch, "file": f.file, "md5": f.md5, "rows": f.rows} for f in files],
+    }
+    return json.dumps(payload, indent=2) + "\n"
+
+
+def parse_training_manifest(text: str) -> list[BatchFile]:
+    """The batch files a manifest names, in merge order; ValueError when it is not one."""
+    payload = json.loads(text)
+    if not isinstance(payload, dict) or payload.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"not a training-data manifest (format {MANIFEST_FORMAT})")
+    return [
+        BatchFile(int(b["batch"]), str(b["file"]), str(b["md5"]), int(b["rows"])) for b in payload["batches"]
+    ]
 
 
 # --------------------------------------------------------------------------- file helpers

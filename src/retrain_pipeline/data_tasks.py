@@ -16,8 +16,8 @@ from prefect.cache_policies import NO_CACHE
 
 from retrain_pipeline import data, project, versioning
 from retrain_pipeline.config import Settings
-from retrain_pipeline.errors import DataValidationError, StateError
-from retrain_pipeline.fileio import write_text_atomic
+from retrain_pipeline.errors import DataValidationError, StateError, VersioningError
+from retrain_pipeline.fileio import md5_file, write_text_atomic
 from retrain_pipeline.state import PipelineState, utc_now
 
 
@@ -33,13 +33,22 @@ class BatchInput:
 
 @dataclass(frozen=True)
 class TrainingData:
-    """The validated batch merged with every earlier accepted batch."""
+    """The validated batch merged with the earlier accepted batches of its window."""
 
     batch_number: int
     rows: int
     merged: pd.DataFrame
-    accepted_batches: tuple[int, ...]
-    file: Path
+    accepted_batches: tuple[int, ...]  # the batches in ``merged``, oldest first
+    file: Path  # the processed file of this batch
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """The md5s DVC recorded: the training-data manifest, the model, this batch's file."""
+
+    data_md5: str
+    model_md5: str
+    batch_md5: str
 
 
 @task(name="prepare-project", cache_policy=NO_CACHE)
@@ -69,8 +78,9 @@ def load_batch(settings: Settings, batch_number: int) -> BatchInput | None:
 def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInput) -> TrainingData:
     """Validate the batch, split it, merge it with earlier accepted batches and save both."""
     cfg, n = settings.data, batch.batch_number
-    earlier = [k for k in state.accepted_batches(up_to=n) if k != n]
-    features = _expected_features(settings, earlier, batch.frame)
+    accepted = [k for k in state.accepted_batches(up_to=n) if k != n]
+    earlier = data.training_window(accepted, cfg.window_batches)
+    features = _expected_features(settings, accepted, batch.frame)
     valid = data.validate_batch(
         batch.frame, data.schema_for(cfg, features), batch_number=n, file=batch.source
     )
@@ -85,8 +95,7 @@ def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInp
     _, train_target = data.features_and_target(merged, cfg.target_column, data.TRAIN)
     data.require_classes(train_target, cfg.classes, batch_number=n, file=batch.source)
     data.write_parquet_atomic(split, settings.processed_batch_file(n))
-    data.write_parquet_atomic(merged, settings.training_data_file)
-    return TrainingData(n, len(valid), merged, (*earlier, n), settings.training_data_file)
+    return TrainingData(n, len(valid), merged, (*earlier, n), settings.processed_batch_file(n))
 
 
 def _expected_features(settings: Settings, earlier: list[int], frame: pd.DataFrame) -> list[str]:
@@ -146,6 +155,32 @@ def quarantine_batch(settings: Settings, error: DataValidationError, batch: Batc
 
 
 @task(name="version-with-dvc", cache_policy=NO_CACHE)
-def version_files(settings: Settings, paths: list[Path]) -> dict[Path, str]:
-    """Track files with DVC; returns their md5s."""
-    return versioning.track(settings.root, paths)
+def version_files(settings: Settings, training: TrainingData, model_file: Path) -> Versioned:
+    """DVC-track the new batch file, the manifest of the training data and the model.
+
+    Earlier batch files were tracked when they were accepted: their md5s come from their
+    ``.dvc`` files, so no run re-hashes or re-copies history. A file whose ``.dvc`` file is
+    missing or out of date is hashed and tracked again.
+    """
+    processed = settings.data.processed_dir
+    to_track = [training.file, settings.training_manifest_file, model_file]
+    files = []
+    for k in training.accepted_batches:
+        path = settings.processed_batch_file(k)
+        md5 = versioning.recorded_md5(path) if k != training.batch_number else None
+        if md5 is None:
+            md5 = md5_file(path)
+            if path not in to_track:
+                to_track.append(path)
+        rows = pq.read_metadata(path).num_rows
+        files.append(data.BatchFile(k, path.relative_to(processed).as_posix(), md5, rows))
+    manifest = data.training_manifest(training.batch_number, files, settings.data.window_batches)
+    write_text_atomic(settings.training_manifest_file, manifest)
+    tracked = versioning.track(settings.root, to_track)
+    expected = {settings.processed_batch_file(f.batch): f.md5 for f in files}
+    for path, md5 in expected.items():
+        if path in tracked and tracked[path] != md5:
+            raise VersioningError(
+                f"{path} changed while it was being versioned (md5 {md5} -> {tracked[path]})"
+            )
+    return Versioned(tracked[settings.training_manifest_file], tracked[model_file], tracked[training.file])

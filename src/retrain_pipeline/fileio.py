@@ -5,6 +5,7 @@ A reader (or a crash) sees either the old file or the new one, never half of one
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -43,3 +44,12 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def md5_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """The md5 hex digest of a file's content (what DVC records), read in chunks."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()

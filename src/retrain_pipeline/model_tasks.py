@@ -143,6 +143,7 @@ def log_run(
         "train_rows": train_rows,
         "holdout_rows": len(training.merged) - train_rows,
         "accepted_batches": ",".join(map(str, training.accepted_batches)),
+        "window_batches": cfg.data.window_batches or "all",
         "holdout_fraction": cfg.evaluation.holdout_fraction,
         "primary_metric": cfg.evaluation.primary_metric,
         "promotion_tolerance": cfg.evaluation.promotion_tolerance,

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import io
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from retrain_pipeline import tracking, versioning
+import pandas as pd
+
+from retrain_pipeline import data, tracking, versioning
 from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import StateError
 from retrain_pipeline.fileio import atomic_path
@@ -131,19 +133,46 @@ def rollback(settings: Settings, version: str, reason: str) -> Rollback:
 
 
 def restore_data(settings: Settings, batch: int, out: Path | None = None) -> tuple[Path, str]:
-    """Copy the exact merged training data of a completed batch out of the DVC cache."""
+    """Rebuild the exact training table of a completed batch from the DVC cache.
+
+    The batch's ``data_md5`` names its training-data manifest; every batch file it lists
+    is taken from the cache, checked against its md5 and merged in the recorded order.
+    Returns the written file and the manifest's md5.
+    """
     record = load_state(settings.paths.state_file).record(batch)
     if record is None or record.status != "completed" or not record.data_md5:
         raise StateError(f"batch {batch} is not completed: it has no training data to restore")
-    cached = versioning.cached_file(settings.root, record.data_md5)
-    if not cached.is_file():
-        raise StateError(f"DVC cache has no object {record.data_md5} for batch {batch} ({cached})")
+    payload = _cached_bytes(settings, record.data_md5, f"the training-data manifest of batch {batch}")
     target = out or settings.data.processed_dir / "restored" / f"training_data_batch_{batch}.parquet"
-    with atomic_path(target) as tmp:
-        shutil.copyfile(cached, tmp)
-        digest = hashlib.md5(tmp.read_bytes(), usedforsecurity=False).hexdigest()
-        if digest != record.data_md5:
-            raise StateError(
-                f"DVC cache object for batch {batch} is corrupt: md5 {digest} != {record.data_md5}"
-            )
+    if payload.startswith(_PARQUET_MAGIC):  # projects from before manifests cached the whole table
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(payload)
+        return target, record.data_md5
+    try:
+        files = data.parse_training_manifest(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise StateError(
+            f"DVC cache object {record.data_md5} of batch {batch} is not a manifest: {exc}"
+        ) from exc
+    frames = [
+        pd.read_parquet(io.BytesIO(_cached_bytes(settings, f.md5, f"{f.file} (batch {f.batch})")))
+        for f in files
+    ]
+    data.write_parquet_atomic(data.merge_batches(frames), target)
     return target, record.data_md5
+
+
+_PARQUET_MAGIC = b"PAR1"
+
+
+def _cached_bytes(settings: Settings, md5: str, what: str) -> bytes:
+    """The content DVC cached under ``md5``, checked against it."""
+    cached = versioning.cached_file(settings.root, md5)
+    try:
+        payload = cached.read_bytes()
+    except OSError as exc:
+        raise StateError(f"DVC cache has no object {md5} for {what} ({cached})") from exc
+    digest = hashlib.md5(payload, usedforsecurity=False).hexdigest()
+    if digest != md5:
+        raise StateError(f"DVC cache object {cached} for {what} is corrupt: md5 {digest} != {md5}")
+    return payload

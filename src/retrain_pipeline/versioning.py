@@ -91,6 +91,29 @@ def track(root: Path, paths: Sequence[Path]) -> dict[Path, str]:
     return hashes
 
 
+def recorded_md5(path: Path) -> str | None:
+    """The md5 that ``<path>.dvc`` records for ``path``, if it still describes the file.
+
+    None when there is no ``.dvc`` file, it cannot be read, or the recorded size differs
+    from the file's (then the file changed after it was tracked and must be hashed again).
+    """
+    import yaml
+
+    meta_file = path.with_name(path.name + ".dvc")
+    try:
+        meta = yaml.safe_load(meta_file.read_text(encoding="utf-8"))
+        out = meta["outs"][0]
+        md5, size = str(out["md5"]), int(out["size"])
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, ValueError):
+        return None
+    try:
+        if path.stat().st_size != size:
+            return None
+    except OSError:
+        return None
+    return md5
+
+
 def cached_file(root: Path, md5: str) -> Path:
     """Where DVC 3 keeps the content with this md5 in the local cache."""
     return root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]

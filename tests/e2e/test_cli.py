@@ -101,7 +101,7 @@ def test_cli_three_batches_and_a_malformed_file(
     assert str(champion.version) == state["champion_version"]
     assert champion.tags["batch_number"] in {"1", "2", "4"}
 
-    dvc_file = settings.training_data_file.with_name(settings.training_data_file.name + ".dvc")
+    dvc_file = settings.training_manifest_file.with_name(settings.training_manifest_file.name + ".dvc")
     assert yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"] == state["batches"]["4"]["data_md5"]
     model_dvc = settings.model_file(4).with_name("batch_4.joblib.dvc")
     assert yaml.safe_load(model_dvc.read_text())["outs"][0]["md5"] == state["batches"]["4"]["model_md5"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,9 @@ import pytest
 from flows.automated_training_flow import automated_training_flow
 from retrain_pipeline.cli import main as cli
 from retrain_pipeline.config import load_settings
+from retrain_pipeline.data import parse_training_manifest
 from retrain_pipeline.state import load_state
+from retrain_pipeline.versioning import cached_file
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -130,8 +131,19 @@ def test_restore_data_gives_the_exact_training_data(
     out = project.parent / "restored.parquet"
 
     assert cli(["restore-data", "--batch", "2", "--out", str(out), "--params", str(project)]) == 0
-    assert hashlib.md5(out.read_bytes(), usedforsecurity=False).hexdigest() == record.data_md5
-    assert len(pd.read_parquet(out)) == 100
+    restored = pd.read_parquet(out)
+    batches = [pd.read_parquet(settings.processed_batch_file(n)) for n in (1, 2)]
+    expected = pd.concat(batches, ignore_index=True)
+    pd.testing.assert_frame_equal(restored, expected)
+    assert len(restored) == 100 and record.data_md5 in capsys.readouterr().out
+
+    # A cached batch file that no longer matches its md5 is refused, naming the object.
+    manifest = cached_file(settings.root, record.data_md5).read_text()
+    first = cached_file(settings.root, parse_training_manifest(manifest)[0].md5)
+    first.chmod(0o644)
+    first.write_bytes(first.read_bytes()[:-1] + b"x")
+    assert cli(["restore-data", "--batch", "2", "--out", str(out), "--params", str(project)]) == 1
+    assert "is corrupt" in capsys.readouterr().err
     assert cli(["restore-data", "--batch", "7", "--params", str(project)]) == 1
     assert "batch 7 is not completed" in capsys.readouterr().err
 

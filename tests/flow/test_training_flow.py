@@ -16,9 +16,10 @@ import pytest
 import yaml
 
 from flows.automated_training_flow import automated_training_flow
-from retrain_pipeline.config import load_settings
-from retrain_pipeline.data import SPLIT_COLUMN, breast_cancer_dataset
+from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline.data import SPLIT_COLUMN, breast_cancer_dataset, parse_training_manifest
 from retrain_pipeline.errors import DataValidationError, StateError
+from retrain_pipeline.fileio import md5_file
 from retrain_pipeline.state import load_state
 
 
@@ -44,6 +45,10 @@ def runs_by_batch(params: Path) -> dict[str, list]:
 def dvc_md5(path: Path) -> str:
     meta = yaml.safe_load(path.with_name(path.name + ".dvc").read_text())
     return meta["outs"][0]["md5"]
+
+
+def cached(settings: Settings, md5: str) -> Path:
+    return settings.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
 
 
 def test_three_batches_end_to_end(make_project: Callable[..., Path]) -> None:
@@ -98,22 +103,27 @@ def test_three_batches_end_to_end(make_project: Callable[..., Path]) -> None:
     assert sorted(str(v.version) for v in versions) == ["1", "2", "3"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == state.champion_version
 
-    # DVC: the latest .dvc files carry batch 3's md5s, and the cache holds every batch's data.
-    assert dvc_md5(settings.training_data_file) == state.batches["3"].data_md5
+    # DVC: the latest .dvc files carry batch 3's md5s. Each data_md5 is a manifest in the
+    # cache naming batch files 1..N by md5; each batch file is cached once.
+    assert dvc_md5(settings.training_manifest_file) == state.batches["3"].data_md5
     assert dvc_md5(settings.model_file(3)) == state.batches["3"].model_md5
     for n in (1, 2, 3):
-        md5 = state.batches[str(n)].data_md5
-        cached = settings.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
-        assert len(pd.read_parquet(cached)) == 50 * n
+        listed = parse_training_manifest(cached(settings, state.batches[str(n)].data_md5).read_text())
+        assert [f.batch for f in listed] == list(range(1, n + 1))
+        for f in listed:
+            assert f.md5 == dvc_md5(settings.processed_batch_file(f.batch))
+            assert md5_file(cached(settings, f.md5)) == f.md5
+            assert len(pd.read_parquet(cached(settings, f.md5))) == f.rows == 50
     assert len({state.batches[str(n)].data_md5 for n in (1, 2, 3)}) == 3
 
-    # Outputs: models, metrics, processed data.
+    # Outputs: models, metrics, processed data of every batch with its train/holdout split.
     assert settings.champion_model_file.is_file()
     latest = json.loads(settings.latest_metrics_file.read_text())
     assert latest["batch_number"] == 3
-    merged = pd.read_parquet(settings.training_data_file)
-    assert len(merged) == 150
-    assert set(merged[SPLIT_COLUMN]) == {"train", "holdout"}
+    for n in (1, 2, 3):
+        processed = pd.read_parquet(settings.processed_batch_file(n))
+        assert len(processed) == 50
+        assert set(processed[SPLIT_COLUMN]) == {"train", "holdout"}
 
 
 def test_nothing_to_do_when_max_batches_reached(make_project: Callable[..., Path]) -> None:
@@ -177,7 +187,7 @@ def test_landing_rejects_bad_batch_and_moves_on(make_project: Callable[..., Path
     assert run(params)["status"] == "completed"
     settings = load_settings(params)
     champion_before = load_state(settings.paths.state_file).champion_version
-    data_md5_before = dvc_md5(settings.training_data_file)
+    data_md5_before = dvc_md5(settings.training_manifest_file)
 
     with pytest.raises(
         DataValidationError, match=r"batch 2 rejected: .*batch_2\.csv: missing column\(s\) \['mean_radius'\]"
@@ -189,7 +199,8 @@ def test_landing_rejects_bad_batch_and_moves_on(make_project: Callable[..., Path
     assert "batch_2.csv" in state.batches["2"].error
     assert state.processed_batches == [1]
     assert state.champion_version == champion_before
-    assert dvc_md5(settings.training_data_file) == data_md5_before
+    assert dvc_md5(settings.training_manifest_file) == data_md5_before
+    assert not settings.processed_batch_file(2).exists()
     quarantined = sorted(p.name for p in settings.data.quarantine_dir.iterdir())
     assert any(n.startswith("batch_2.") and n.endswith(".csv") for n in quarantined)
     assert any(n.endswith(".reason.txt") for n in quarantined)
@@ -291,3 +302,17 @@ def test_rebuild_state_from_mlflow_and_quarantine(make_project: Callable[..., Pa
             assert getattr(after, field) == getattr(before, field), (key, field)
     backups = list(root.glob("batch_state.json.bak-*"))
     assert len(backups) == 1 and backups[0].read_text() == "{ corrupted"
+
+
+def test_sliding_window_trains_on_the_last_batches_only(make_project: Callable[..., Path]) -> None:
+    params = make_project(data={"window_batches": 2})
+    for _ in range(3):
+        assert run(params)["status"] == "completed"
+    settings = load_settings(params)
+    state = load_state(settings.paths.state_file)
+    assert [state.batches[str(n)].training_rows_total for n in (1, 2, 3)] == [50, 100, 100]
+    listed = parse_training_manifest(cached(settings, state.batches["3"].data_md5).read_text())
+    assert [f.batch for f in listed] == [2, 3]
+    (mlrun,) = runs_by_batch(params)["3"]
+    assert mlrun.data.params["accepted_batches"] == "2,3"
+    assert mlrun.data.params["window_batches"] == "2"

@@ -81,7 +81,7 @@ def test_malformed_batches_are_rejected_and_the_pipeline_moves_on(
     first = run_cli("--params", str(params))
     assert first.returncode == 0, first.stderr[-3000:]
     state_before = json.loads((root / "batch_state.json").read_text())
-    data_before = (root / "data" / "processed" / "training_data.parquet.dvc").read_text()
+    data_before = (root / "data" / "processed" / "training_data.json.dvc").read_text()
 
     problems = []
     for offset, (name, suffix, content, expected) in enumerate(CASES):
@@ -105,7 +105,7 @@ def test_malformed_batches_are_rejected_and_the_pipeline_moves_on(
             and expected in (record.get("error") or ""),
             "champion untouched": state["champion_version"] == state_before["champion_version"],
             "accepted batches untouched": state["processed_batches"] == [1],
-            "training data untouched": (root / "data/processed/training_data.parquet.dvc").read_text()
+            "training data untouched": (root / "data/processed/training_data.json.dvc").read_text()
             == data_before,
             "reason file in quarantine": any(
                 p.name.startswith(f"batch_{number}.") and p.name.endswith(".reason.txt")

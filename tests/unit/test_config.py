@@ -201,7 +201,7 @@ def test_catalog_paths_derive_from_config(tmp_path: Path) -> None:
 
     assert settings.lock_file == root / "batch_state.json.lock"
     assert settings.processed_batch_file(3) == root / "data/processed/batches/batch_3.parquet"
-    assert settings.training_data_file == root / "data/processed/training_data.parquet"
+    assert settings.training_manifest_file == root / "data/processed/training_data.json"
     assert settings.model_file(4) == root / "models/batch_4.joblib"
     assert settings.champion_model_file == root / "models/champion.joblib"
     assert settings.metrics_file(5) == root / "metrics/batch_5.json"
@@ -340,6 +340,10 @@ FAILURES = [
     ),
     pytest.param({"data": {"allow_missing_values": [1]}}, "data.allow_missing_values", id="bool-wrong-type"),
     pytest.param({"data": {"source": "ftp"}}, "data.source", id="bad-source"),
+    pytest.param(
+        {"data": {"window_batches": 0}}, "data.window_batches: Input should be greater than 0", id="window-0"
+    ),
+    pytest.param({"data": {"window_batches": "last"}}, "data.window_batches", id="window-not-int"),
     pytest.param({"data": {"target_column": ""}}, "data.target_column", id="empty-target"),
     pytest.param({"data": {"max_abs_value": 0}}, "data.max_abs_value", id="max-abs-0"),
     pytest.param(

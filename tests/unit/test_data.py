@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 from pandera.errors import SchemaErrors
 
+from retrain_pipeline import data
 from retrain_pipeline.data import (
     HOLDOUT,
     SPLIT_COLUMN,
@@ -697,3 +699,34 @@ def test_failed_atomic_write_leaves_old_file_and_no_temp(tmp_path: Path) -> None
 
     assert path.read_bytes() == b"previous"
     assert os.listdir(tmp_path) == ["out.parquet"]
+
+
+# --------------------------------------------------------------------------- window and manifest
+
+
+@pytest.mark.parametrize(
+    ("earlier", "window", "expected"),
+    [
+        ([1, 2, 3, 4], None, [1, 2, 3, 4]),
+        ([1, 2, 3, 4], 3, [3, 4]),
+        ([1, 2, 3, 4], 1, []),
+        ([1, 3], 10, [1, 3]),
+        ([], 2, []),
+    ],
+)
+def test_training_window(earlier: list[int], window: int | None, expected: list[int]) -> None:
+    assert data.training_window(earlier, window) == expected
+
+
+def test_training_manifest_round_trip() -> None:
+    files = [data.BatchFile(1, "batches/batch_1.parquet", "a" * 32, 40), data.BatchFile(3, "x", "b" * 32, 10)]
+    text = data.training_manifest(3, files, window_batches=2)
+    payload = json.loads(text)
+    assert (payload["batch_number"], payload["window_batches"], payload["rows"]) == (3, 2, 50)
+    assert data.parse_training_manifest(text) == files
+
+
+@pytest.mark.parametrize("text", ['{"format": 99, "batches": []}', "[1, 2]", '{"format": 1}'])
+def test_parse_training_manifest_refuses_other_json(text: str) -> None:
+    with pytest.raises((ValueError, KeyError)):
+        data.parse_training_manifest(text)
