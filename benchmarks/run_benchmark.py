@@ -62,6 +62,7 @@ PACKAGES = ("prefect", "mlflow", "dvc", "scikit-learn", "pandas")
 MAX_FLOW_TO_BASELINE = 1.15
 MAX_FIXED_OVERHEAD_S = 2.0
 MAX_RSS_TO_DATA = 3.0
+MAX_WINDOW_GROWTH = 1.2  # "stays flat": t(late)/t(early) once the window is full
 
 Json = dict[str, Any]
 
@@ -74,10 +75,19 @@ class SizeSpec:
     rows: int
     batches: int
     repetitions: int
+    window: int | None = None  # data.window_batches
 
 
-FULL_SIZES = (SizeSpec("small", 50, 10, 3), SizeSpec("large", 100_000, 10, 2))
-SMOKE_SIZES = (SizeSpec("small", 50, 3, 1), SizeSpec("large", 2_000, 3, 1))
+FULL_SIZES = (
+    SizeSpec("small", 50, 10, 3),
+    SizeSpec("large", 100_000, 10, 2),
+    SizeSpec("large-window", 100_000, 10, 1, window=3),
+)
+SMOKE_SIZES = (
+    SizeSpec("small", 50, 3, 1),
+    SizeSpec("large", 2_000, 3, 1),
+    SizeSpec("large-window", 2_000, 3, 1, window=1),
+)
 
 # Prefect task name -> step. Tasks not named in the issue: prepare-project (folders, DVC
 # repo check) counts as state, save-model (joblib dump) as its own step, like the baseline.
@@ -198,10 +208,10 @@ def current_rss_bytes() -> int:
 # --------------------------------------------------------------------------- projects
 
 
-def write_params(root: Path, max_batches: int) -> Path:
+def write_params(root: Path, max_batches: int, window: int | None = None) -> Path:
     """A params.yaml for a landing-source project; MLflow stays at sqlite:///mlflow.db."""
     params = {
-        "data": {"source": "landing", "target_column": "target", "classes": [0, 1]},
+        "data": {"source": "landing", "target_column": "target", "classes": [0, 1], "window_batches": window},
         "model": {"estimator": ESTIMATOR, "hyperparameters": dict(HYPERPARAMETERS)},
         "automation": {"max_batches": max_batches},
     }
@@ -210,13 +220,13 @@ def write_params(root: Path, max_batches: int) -> Path:
     return path
 
 
-def make_project(root: Path, batches: Sequence[Any], max_batches: int) -> Path:
+def make_project(root: Path, batches: Sequence[Any], max_batches: int, window: int | None = None) -> Path:
     """A project folder with params.yaml and the batches in data/landing; returns params."""
     from benchmarks.synthetic import write_landing
 
     root.mkdir(parents=True)
     write_landing(root / "data" / "landing", batches)
-    return write_params(root, max_batches)
+    return write_params(root, max_batches, window)
 
 
 @dataclass(frozen=True)
@@ -248,7 +258,7 @@ def build_runs(work: Path, sizes: Sequence[SizeSpec]) -> list[Run]:
         batches = make_batches(spec.batches + 1, spec.rows, N_FEATURES, seed=SEED)
         for rep in range(1, spec.repetitions + 1):
             folder = work / f"{spec.name}-rep{rep}"
-            params = make_project(folder / "project", batches, max_batches=spec.batches + 1)
+            params = make_project(folder / "project", batches, spec.batches + 1, spec.window)
             runs.append(Run(spec.name, rep, params, folder / "baseline", spec.batches))
         logger.info("Wrote %d project(s) for size %s (%d rows/batch)", spec.repetitions, spec.name, spec.rows)
     return runs
@@ -325,13 +335,13 @@ def _baseline_data(run: BaselineRun, n: int, timer: StepTimer) -> Any:
     with timer.step("merge"):
         import pandas as pd
 
-        earlier = [pd.read_parquet(run.batch_file(k)) for k in run.accepted]
+        window = data.training_window(run.accepted, cfg.window_batches)
+        earlier = [pd.read_parquet(run.batch_file(k)) for k in window]
         merged = data.merge_batches([*earlier, split])
         _, train_target = data.features_and_target(merged, cfg.target_column, data.TRAIN)
         data.require_classes(train_target, cfg.classes, batch_number=n, file=str(path))
     with timer.step("write data"):
         data.write_parquet_atomic(split, run.batch_file(n))
-        data.write_parquet_atomic(merged, run.out / "training_data.parquet")
     return merged
 
 
@@ -576,10 +586,14 @@ def run_cli(params: Path, env: dict[str, str]) -> Json:
 
 
 def merged_table_bytes(params: Path) -> int:
-    """In-memory size of the flow's final merged table (its training_data.parquet, loaded)."""
+    """In-memory size of the flow's final merged table (the batch files its manifest lists)."""
     import pandas as pd
 
-    frame = pd.read_parquet(params.parent / "data" / "processed" / "training_data.parquet")
+    from retrain_pipeline.data import merge_batches, parse_training_manifest
+
+    processed = params.parent / "data" / "processed"
+    files = parse_training_manifest((processed / "training_data.json").read_text(encoding="utf-8"))
+    frame = merge_batches([pd.read_parquet(processed / f.file) for f in files])
     return int(frame.memory_usage(deep=True).sum())
 
 
@@ -621,7 +635,7 @@ def per_batch_table(spec: SizeSpec, flow_runs: Sequence[Json], base_runs: Sequen
         rows.append(
             {
                 "batch": i + 1,
-                "rows_accumulated": (i + 1) * spec.rows,
+                "rows_accumulated": min(i + 1, spec.window or spec.batches) * spec.rows,
                 "flow_s": flow_s,
                 "baseline_s": base_s,
                 "difference_s": flow_s - base_s,
@@ -676,6 +690,7 @@ def summarize_size(spec: SizeSpec, flow_runs: list[Json], base_runs: list[Json])
         "rows_per_batch": spec.rows,
         "batches": spec.batches,
         "repetitions": spec.repetitions,
+        "window_batches": spec.window,
         "flow_total_s": {"median": _median(flow_totals), "min": min(flow_totals), "all": flow_totals},
         "baseline_total_s": {"median": _median(base_totals), "min": min(base_totals), "all": base_totals},
         "ratio_total_medians": _median(flow_totals) / _median(base_totals),
@@ -756,9 +771,43 @@ def target_checks(sizes: dict[str, Json], memory: dict[str, Json]) -> list[Json]
             large_memory["flow_ratio"],
             MAX_RSS_TO_DATA,
             "x",
-            f"{_mib(large_memory['flow_peak_rss_bytes'])} peak vs {_mib(large_memory['merged_bytes'])} data",
+            f"{_mib(large_memory['flow_peak_rss_bytes'])} peak vs {_mib(large_memory['merged_bytes'])} data; "
+            f"the idle process (Python + Prefect, MLflow, DVC, scikit-learn imported, one small run) "
+            f"is already {_mib(large_memory['flow_rss_after_warmup_bytes'])}",
         ),
+        _check(
+            f"the same, counting only what the data adds: peak RSS minus the idle process at {rows}",
+            large_memory["flow_ratio_above_warmup"],
+            MAX_RSS_TO_DATA,
+            "x",
+            f"{_mib(large_memory['flow_peak_rss_bytes'] - large_memory['flow_rss_after_warmup_bytes'])} "
+            f"above idle vs {_mib(large_memory['merged_bytes'])} data",
+        ),
+        *_window_checks(sizes),
     ]
+
+
+def _window_checks(sizes: dict[str, Json]) -> list[Json]:
+    """Per-batch time stays flat once a sliding window (data.window_batches) is full."""
+    checks = []
+    for name, size in sizes.items():
+        window = size.get("window_batches")
+        if window is None or size["batches"] < 2 * window:
+            continue
+        table = size["per_batch"]
+        early, late = table[window], table[-1]  # batch window+1 (window full) and the last
+        checks.append(
+            _check(
+                f"flat with data.window_batches={window} ({name}, {size['rows_per_batch']:,} rows/batch): "
+                f"t(batch {late['batch']})/t(batch {early['batch']})",
+                late["flow_s"] / early["flow_s"],
+                MAX_WINDOW_GROWTH,
+                "x",
+                f"{early['flow_s']:.2f} s -> {late['flow_s']:.2f} s while all-batch training grows "
+                f"{late['batch'] / early['batch']:.1f}x in rows",
+            )
+        )
+    return checks
 
 
 # --------------------------------------------------------------------------- machine and report
@@ -1038,7 +1087,8 @@ def measure(sizes: Sequence[SizeSpec], work: Path) -> Json:
     job = {"warmup": build_warmup(work).as_job(), "runs": [run.as_job() for run in runs]}
     baseline = run_worker("baseline", job, work, env)
     flow = run_worker("flow", job, work, env)
-    first = {spec.name: next(r for r in runs if r.size == spec.name) for spec in sizes}
+    # Memory and the CLI run for the sizes without a window (the peak RSS is the process's).
+    first = {s.name: next(r for r in runs if r.size == s.name) for s in sizes if s.window is None}
     merged = {name: merged_table_bytes(run.params) for name, run in first.items()}
     cli = {name: run_cli(run.params, env) for name, run in first.items()}
     return {"baseline_worker": baseline, "flow_worker": flow, "merged_bytes": merged, "cli": cli}
@@ -1056,7 +1106,8 @@ def analyse(sizes: Sequence[SizeSpec], raw: Json) -> Json:
         for spec in sizes
     }
     memory = {
-        spec.name: memory_summary(spec.name, flow, baseline, raw["merged_bytes"][spec.name]) for spec in sizes
+        name: memory_summary(name, flow, baseline, merged_bytes)
+        for name, merged_bytes in raw["merged_bytes"].items()
     }
     return {"sizes": summaries, "memory": memory, "checks": target_checks(summaries, memory)}
 
