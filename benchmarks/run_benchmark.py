@@ -148,11 +148,12 @@ count and correlated features; a noisy logistic target). Every repetition is a f
 `{estimator}` and hyperparameters `{hp}` (fast and realistic).
 
 - **Baseline (the floor)**: the plain functions the flow uses, in one Python process, no
-  Prefect/MLflow/DVC: `read_batch_file`, `build_schema` + `validate_batch`, `split_batch`,
-  `merge_batches` with every earlier accepted batch **re-read from its Parquet file, as the flow
-  does**, `require_classes`, both Parquet files written (`write_parquet_atomic`),
-  `features_and_target`, `train_model`, `evaluate_model` for the new and the previous model
-  (kept in memory), `joblib.dump` of the model. One warm-up batch on a throw-away project first.
+  Prefect/MLflow/DVC: `read_batch_file`, `schema_for` + `validate_batch`, `split_batch`,
+  `merge_batches` with the earlier accepted batches of the window (all by default) **re-read
+  from their Parquet files, as the flow does**, `train_holdout`, `require_classes`, the batch's
+  Parquet file written (`write_parquet_atomic`), `train_model`, `evaluate_model` for the new
+  and the previous model (kept in memory), `joblib.dump` of the model. One warm-up batch on a
+  throw-away project first.
 - **Flow**: `automated_training_flow(params_path=..., return_state=True)` in-process, once per
   batch, after one warm-up call on a throw-away project in the same process (reported under
   start-up). The split by step comes from the task runs Prefect recorded for each flow run
@@ -285,7 +286,6 @@ class BaselineRun:
     features: list[str] | None = None
     accepted: list[int] = field(default_factory=list)
     champion: Any = None
-    merged_bytes: int = 0
 
     def batch_file(self, batch_number: int) -> Path:
         return self.out / "batches" / f"batch_{batch_number}.parquet"
@@ -295,22 +295,21 @@ def baseline_batch(run: BaselineRun, batch_number: int) -> Json:
     """One batch through the plain functions, timed per step."""
     timer = StepTimer()
     start = time.perf_counter()
-    merged = _baseline_data(run, batch_number, timer)
-    _baseline_model(run, merged, batch_number, timer)
+    parts = _baseline_data(run, batch_number, timer)
+    _baseline_model(run, parts, batch_number, timer)
     wall = time.perf_counter() - start
     run.accepted.append(batch_number)
-    run.merged_bytes = int(merged.memory_usage(deep=True).sum())
     return {
         "batch": batch_number,
         "wall_s": wall,
-        "rows_accumulated": len(merged),
+        "rows_accumulated": parts.summary.rows,
         "substeps": timer.seconds,
         "steps": _group(timer.seconds, BASELINE_STEPS),
     }
 
 
 def _baseline_data(run: BaselineRun, n: int, timer: StepTimer) -> Any:
-    """Read, validate, split, merge with the earlier batches (re-read), write both tables."""
+    """Read, validate, split, merge with the earlier batches (re-read), write the batch."""
     from retrain_pipeline import data
 
     cfg = run.settings.data
@@ -338,27 +337,29 @@ def _baseline_data(run: BaselineRun, n: int, timer: StepTimer) -> Any:
         window = data.training_window(run.accepted, cfg.window_batches)
         earlier = [pd.read_parquet(run.batch_file(k)) for k in window]
         merged = data.merge_batches([*earlier, split])
-        _, train_target = data.features_and_target(merged, cfg.target_column, data.TRAIN)
-        data.require_classes(train_target, cfg.classes, batch_number=n, file=str(path))
+        parts = data.train_holdout(merged, cfg.target_column)
+        del merged
+        data.require_classes(parts.train_target, cfg.classes, batch_number=n, file=str(path))
     with timer.step("write data"):
         data.write_parquet_atomic(split, run.batch_file(n))
-    return merged
+    return parts
 
 
-def _baseline_model(run: BaselineRun, merged: Any, n: int, timer: StepTimer) -> None:
+def _baseline_model(run: BaselineRun, parts: Any, n: int, timer: StepTimer) -> None:
     """Train, score the new and the previous model on the holdout, save the model."""
     import joblib
 
-    from retrain_pipeline import data, model
+    from retrain_pipeline import model
 
-    target_column = run.settings.data.target_column
     with timer.step("train"):
-        features, target = data.features_and_target(merged, target_column, data.TRAIN)
         trained = model.train_model(
-            run.settings.model, features, target, impute=run.settings.data.allow_missing_values
+            run.settings.model,
+            parts.train_features,
+            parts.train_target,
+            impute=run.settings.data.allow_missing_values,
         )
     with timer.step("evaluate"):
-        holdout, truth = data.features_and_target(merged, target_column, data.HOLDOUT)
+        holdout, truth = parts.holdout_features, parts.holdout_target
         positive = run.settings.data.classes[1]
         metrics = model.evaluate_model(trained, holdout, truth, positive)
         previous = None
@@ -383,7 +384,7 @@ def run_baseline(job: Json) -> Json:
     for n in range(1, job["n_batches"] + 1):
         batches.append(baseline_batch(run, n))
         logger.info("baseline %s rep %s batch %d: %.2f s", job["size"], job["rep"], n, batches[-1]["wall_s"])
-    return {"batches": batches, "merged_bytes": run.merged_bytes}
+    return {"batches": batches}
 
 
 # --------------------------------------------------------------------------- the flow

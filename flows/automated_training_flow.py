@@ -21,7 +21,6 @@ from prefect.runtime import deployment, flow_run
 
 from retrain_pipeline.batch_manager import choose_batch, load_state, pause_schedule, record_batch
 from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings
-from retrain_pipeline.data import data_summary
 from retrain_pipeline.data_tasks import (
     BatchInput,
     TrainingData,
@@ -190,7 +189,7 @@ def _train_and_commit(
 
     previous = champion.version if champion else None
     promoted = evaluation.decision.promote
-    summary = data_summary(training.merged, settings.data.target_column)
+    summary = training.parts.summary
     record = BatchRecord(
         status="completed",
         started_at=started,

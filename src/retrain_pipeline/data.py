@@ -313,11 +313,15 @@ def merge_batches(batches: Sequence[pd.DataFrame]) -> pd.DataFrame:
 def features_and_target(
     frame: pd.DataFrame, target_column: str, part: str | None = None
 ) -> tuple[pd.DataFrame, pd.Series]:
-    """Features and target of a merged table, optionally only its ``train`` or ``holdout`` part."""
-    if part is not None:
-        frame = frame[frame[SPLIT_COLUMN] == part]
-    features = frame.drop(columns=[target_column, SPLIT_COLUMN], errors="ignore")
-    return features, frame[target_column]
+    """Features and target of a merged table, optionally only its ``train`` or ``holdout`` part.
+
+    One selection per output (rows and columns at once), so the table is copied once.
+    """
+    columns = [c for c in frame.columns if c not in (target_column, SPLIT_COLUMN)]
+    if part is None:
+        return frame[columns], frame[target_column]
+    rows = frame[SPLIT_COLUMN] == part
+    return frame.loc[rows, columns], frame.loc[rows, target_column]
 
 
 @dataclass(frozen=True)
@@ -338,6 +342,25 @@ def data_summary(frame: pd.DataFrame, target_column: str) -> DataSummary:
         holdout_rows=int(counts.get(HOLDOUT, 0)),
         class_counts={str(label): int(n) for label, n in balance.items()},
     )
+
+
+@dataclass(frozen=True)
+class TrainHoldout:
+    """What training and scoring read from a merged table, which need not be kept after."""
+
+    train_features: pd.DataFrame
+    train_target: pd.Series
+    holdout_features: pd.DataFrame
+    holdout_target: pd.Series
+    summary: DataSummary
+
+
+def train_holdout(merged: pd.DataFrame, target_column: str) -> TrainHoldout:
+    """Cut a merged table into its train and holdout features and targets, with a summary."""
+    train_features, train_target = features_and_target(merged, target_column, TRAIN)
+    holdout_features, holdout_target = features_and_target(merged, target_column, HOLDOUT)
+    summary = data_summary(merged, target_column)
+    return TrainHoldout(train_features, train_target, holdout_features, holdout_target, summary)
 
 
 # --------------------------------------------------------------------------- lineage manifest

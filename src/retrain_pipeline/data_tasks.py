@@ -33,12 +33,16 @@ class BatchInput:
 
 @dataclass(frozen=True)
 class TrainingData:
-    """The validated batch merged with the earlier accepted batches of its window."""
+    """The validated batch merged with the earlier accepted batches of its window.
+
+    Only the train and holdout parts are kept, not the merged table they were cut from:
+    holding both would double the memory a run needs while the model trains.
+    """
 
     batch_number: int
-    rows: int
-    merged: pd.DataFrame
-    accepted_batches: tuple[int, ...]  # the batches in ``merged``, oldest first
+    rows: int  # rows of this batch
+    parts: data.TrainHoldout
+    accepted_batches: tuple[int, ...]  # the batches merged, oldest first
     file: Path  # the processed file of this batch
 
 
@@ -92,10 +96,11 @@ def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInp
         batch_number=n,
     )
     merged = data.merge_batches([*(_read_processed(settings, k, split.columns) for k in earlier), split])
-    _, train_target = data.features_and_target(merged, cfg.target_column, data.TRAIN)
-    data.require_classes(train_target, cfg.classes, batch_number=n, file=batch.source)
+    parts = data.train_holdout(merged, cfg.target_column)
+    del merged
+    data.require_classes(parts.train_target, cfg.classes, batch_number=n, file=batch.source)
     data.write_parquet_atomic(split, settings.processed_batch_file(n))
-    return TrainingData(n, len(valid), merged, (*earlier, n), settings.processed_batch_file(n))
+    return TrainingData(n, len(valid), parts, (*earlier, n), settings.processed_batch_file(n))
 
 
 def _expected_features(settings: Settings, earlier: list[int], frame: pd.DataFrame) -> list[str]:

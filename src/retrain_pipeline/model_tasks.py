@@ -19,7 +19,6 @@ from sklearn.pipeline import Pipeline
 
 from retrain_pipeline import model, reporting, tracking
 from retrain_pipeline.config import Settings
-from retrain_pipeline.data import HOLDOUT, SPLIT_COLUMN, TRAIN, features_and_target
 from retrain_pipeline.data_tasks import TrainingData
 from retrain_pipeline.errors import TrackingError
 from retrain_pipeline.fileio import atomic_path, write_text_atomic
@@ -78,8 +77,10 @@ def load_champion(settings: Settings, state: PipelineState) -> Champion | None:
 
 @task(name="train-model", cache_policy=NO_CACHE)
 def train(settings: Settings, training: TrainingData) -> Pipeline:
-    features, target = features_and_target(training.merged, settings.data.target_column, TRAIN)
-    return model.train_model(settings.model, features, target, impute=settings.data.allow_missing_values)
+    parts = training.parts
+    return model.train_model(
+        settings.model, parts.train_features, parts.train_target, impute=settings.data.allow_missing_values
+    )
 
 
 @task(name="evaluate-models", cache_policy=NO_CACHE)
@@ -88,7 +89,7 @@ def evaluate(
 ) -> Evaluation:
     """Score the new model and the champion on the same holdout; decide promotion."""
     logger = get_run_logger()
-    features, target = features_and_target(training.merged, settings.data.target_column, HOLDOUT)
+    features, target = training.parts.holdout_features, training.parts.holdout_target
     positive = settings.data.classes[1]
     metrics = model.evaluate_model(trained, features, target, positive)
     champion_metrics = None
@@ -126,12 +127,9 @@ def log_run(
 ) -> tracking.LoggedModel:
     """One MLflow run for this attempt: tags, params, metrics, model; registers a version."""
     cfg = settings
-    is_train = training.merged[SPLIT_COLUMN] == TRAIN
-    train_rows = int(is_train.sum())
-    # A few training rows as the input example; no copy of the whole table.
-    example, _ = features_and_target(training.merged.head(50), cfg.data.target_column, TRAIN)
-    if example.empty:
-        example, _ = features_and_target(training.merged.head(5), cfg.data.target_column)
+    summary = training.parts.summary
+    # A few training rows as the input example (every batch has at least one).
+    example = training.parts.train_features.head(5)
     params: dict[str, Any] = {
         "batch_number": training.batch_number,
         "estimator": cfg.model.estimator,
@@ -139,9 +137,9 @@ def log_run(
         "impute_strategy": cfg.model.impute_strategy,
         "scale_features": cfg.model.scale_features,
         "batch_rows": training.rows,
-        "training_rows_total": len(training.merged),
-        "train_rows": train_rows,
-        "holdout_rows": len(training.merged) - train_rows,
+        "training_rows_total": summary.rows,
+        "train_rows": summary.train_rows,
+        "holdout_rows": summary.holdout_rows,
         "accepted_batches": ",".join(map(str, training.accepted_batches)),
         "window_batches": cfg.data.window_batches or "all",
         "holdout_fraction": cfg.evaluation.holdout_fraction,
@@ -162,7 +160,7 @@ def log_run(
         params=params,
         metrics=metrics,
         model=trained,
-        input_example=example.head(5),
+        input_example=example,
     )
 
 

@@ -82,10 +82,11 @@ def log_training_run(
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
             mlflow.log_params(dict(params))
             mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+            signature = mlflow.models.infer_signature(input_example, _labels_like(model, len(input_example)))
             info = mlflow.sklearn.log_model(
                 model,
                 name="model",
-                signature=mlflow.models.infer_signature(input_example, model.predict(input_example)),
+                signature=signature,
                 input_example=input_example,
                 registered_model_name=config.registered_model_name,
                 pip_requirements=_pip_requirements(),
@@ -99,6 +100,17 @@ def log_training_run(
             return LoggedModel(run.info.run_id, version, info.model_uri)
     except MlflowException as exc:
         raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+
+
+def _labels_like(model: Any, rows: int) -> Any:
+    """Outputs shaped and typed like ``model.predict`` on ``rows`` rows, for the signature.
+
+    A scikit-learn classifier predicts values of its ``classes_``; taking them from there
+    spares a prediction pass (which costs more than it seems on tree ensembles).
+    """
+    import numpy as np
+
+    return np.resize(np.asarray(model.classes_), rows)
 
 
 def _pip_requirements() -> list[str]:

@@ -644,6 +644,22 @@ def test_features_and_target_without_split_column() -> None:
     assert target.tolist() == [0, 1, 0]
 
 
+def test_train_holdout_cuts_the_table_and_leaves_it_alone() -> None:
+    merged = merged_history()
+    before = merged.copy()
+    parts = data.train_holdout(merged, TARGET)
+    for part, features, target in (
+        (TRAIN, parts.train_features, parts.train_target),
+        (HOLDOUT, parts.holdout_features, parts.holdout_target),
+    ):
+        expected_features, expected_target = features_and_target(merged, TARGET, part)
+        pd.testing.assert_frame_equal(features, expected_features)
+        pd.testing.assert_series_equal(target, expected_target)
+    assert parts.summary == data_summary(merged, TARGET)
+    parts.train_features.iloc[:, 0] = -1.0  # the parts are copies: the table is untouched
+    pd.testing.assert_frame_equal(merged, before)
+
+
 def test_data_summary() -> None:
     assert data_summary(merged_history(), TARGET) == DataSummary(
         rows=5, train_rows=3, holdout_rows=2, class_counts={"0": 2, "1": 3}
