@@ -94,8 +94,9 @@ def track(root: Path, paths: Sequence[Path]) -> dict[Path, str]:
 def recorded_md5(path: Path) -> str | None:
     """The md5 that ``<path>.dvc`` records for ``path``, if it still describes the file.
 
-    None when there is no ``.dvc`` file, it cannot be read, or the recorded size differs
-    from the file's (then the file changed after it was tracked and must be hashed again).
+    None when there is no ``.dvc`` file, it cannot be read, or the file changed after it
+    was tracked (its size differs from the recorded one, or it is newer than its ``.dvc``
+    file, which DVC writes last): then it must be hashed again.
     """
     import yaml
 
@@ -107,7 +108,8 @@ def recorded_md5(path: Path) -> str | None:
     except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, ValueError):
         return None
     try:
-        if path.stat().st_size != size:
+        stat = path.stat()
+        if stat.st_size != size or stat.st_mtime_ns > meta_file.stat().st_mtime_ns:
             return None
     except OSError:
         return None

@@ -21,6 +21,7 @@ from retrain_pipeline.data import SPLIT_COLUMN, breast_cancer_dataset, parse_tra
 from retrain_pipeline.errors import DataValidationError, StateError
 from retrain_pipeline.fileio import md5_file
 from retrain_pipeline.state import load_state
+from retrain_pipeline.versioning import recorded_md5
 
 
 def run(params: Path, batch: int | None = None, force: bool = False) -> dict:
@@ -112,6 +113,8 @@ def test_three_batches_end_to_end(make_project: Callable[..., Path]) -> None:
         assert [f.batch for f in listed] == list(range(1, n + 1))
         for f in listed:
             assert f.md5 == dvc_md5(settings.processed_batch_file(f.batch))
+            # Later runs can take it from the .dvc file without hashing the batch again.
+            assert recorded_md5(settings.processed_batch_file(f.batch)) == f.md5
             assert md5_file(cached(settings, f.md5)) == f.md5
             assert len(pd.read_parquet(cached(settings, f.md5))) == f.rows == 50
     assert len({state.batches[str(n)].data_md5 for n in (1, 2, 3)}) == 3

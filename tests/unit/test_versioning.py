@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,12 @@ def _tracked(tmp_path: Path, content: bytes, recorded_size: int | None = None) -
     return path
 
 
+def _rewrite_later(path: Path, content: bytes) -> None:
+    path.write_bytes(content)
+    meta = path.with_name(path.name + ".dvc").stat()
+    os.utime(path, ns=(meta.st_atime_ns, meta.st_mtime_ns + 1_000_000))
+
+
 def test_recorded_md5_reads_the_dvc_file(tmp_path: Path) -> None:
     path = _tracked(tmp_path, b"abc")
     assert recorded_md5(path) == "900150983cd24fb0d6963f7d28e17f72"  # md5("abc")
@@ -29,6 +36,7 @@ def test_recorded_md5_reads_the_dvc_file(tmp_path: Path) -> None:
     ("change", "why"),
     [
         (lambda p: p.write_bytes(b"abcd"), "file grew after tracking"),
+        (lambda p: _rewrite_later(p, b"xyz"), "same size, rewritten after tracking"),
         (lambda p: p.with_name(p.name + ".dvc").unlink(), "no .dvc file"),
         (lambda p: p.with_name(p.name + ".dvc").write_text("outs: [{}]"), ".dvc file without md5"),
         (lambda p: p.with_name(p.name + ".dvc").write_text(": not yaml ["), "broken .dvc file"),
