@@ -89,31 +89,25 @@ SMOKE_SIZES = (
     SizeSpec("large-window", 2_000, 3, 1, window=1),
 )
 
-# Prefect task name -> step. Tasks not named in the issue: prepare-project (folders, DVC
-# repo check) counts as state, save-model (joblib dump) as its own step, like the baseline.
+# Prefect task name -> step. choose-batch also sets the project up (folders, DVC repo
+# check): state; load-champion connects to MLflow and loads the champion from the registry:
+# MLflow; save-and-version writes the model file (the baseline's "save model") and runs DVC.
 TASK_STEPS = {
+    "choose-batch": "state",
     "load-batch": "validate+merge",
     "validate-and-merge": "validate+merge",
     "quarantine-batch": "validate+merge",
+    "load-champion": "MLflow",
     "train-model": "train",
     "evaluate-models": "evaluate",
-    "load-champion": "evaluate",
-    "save-model": "save model",
-    "connect-mlflow": "MLflow",
+    "save-and-version": "DVC",
     "log-to-mlflow": "MLflow",
-    "promote-champion": "MLflow",
-    "tag-run-committed": "MLflow",
-    "version-with-dvc": "DVC",
-    "prepare-project": "state",
-    "load-state": "state",
-    "choose-batch": "state",
     "record-batch": "state",
+    "tag-and-promote": "MLflow",
     "pause-schedule": "state",
-    "write-metrics": "reports",
-    "publish-report": "reports",
-    "publish-history": "reports",
+    "publish-reports": "reports",
 }
-LAST_TASK = "publish-history"  # the last task of a completed flow run
+LAST_TASK = "publish-reports"  # the last task of a completed flow run
 ORCHESTRATION = "other (orchestration)"
 UNMAPPED = "unmapped tasks"
 FLOW_STEPS = (
@@ -158,8 +152,9 @@ count and correlated features; a noisy logistic target). Every repetition is a f
   batch, after one warm-up call on a throw-away project in the same process (reported under
   start-up). The split by step comes from the task runs Prefect recorded for each flow run
   (`end_time - start_time`); `other (orchestration)` is the flow's wall time minus the sum of its
-  task runs. `load-champion` (loading the champion from the MLflow registry) counts as evaluate,
-  `prepare-project` as state, `save-model` as save model.
+  task runs. `load-champion` (connecting to MLflow, loading the champion from the registry)
+  counts as MLflow, `choose-batch` (project set-up, state file) as state, `save-and-version`
+  (model file + DVC) as DVC.
 - **CLI**: `python flows/automated_training_flow.py --params P` for one more batch on a finished
   project: the whole process (interpreter, imports, ephemeral API start, the batch).
 - Baseline and flow each run in a child process (one after the other, never at the same time)
@@ -566,21 +561,24 @@ def run_worker(kind: str, job: Json, work: Path, env: dict[str, str]) -> Json:
 
 def run_cli(params: Path, env: dict[str, str]) -> Json:
     """``python flows/automated_training_flow.py --params P`` as a user runs it: one batch."""
-    command = [sys.executable, "flows/automated_training_flow.py", "--params", str(params)]
     out_file, err_file = params.parent / "cli-stdout.txt", params.parent / "cli-stderr.txt"
+    peak_file = params.parent / "cli-peak-rss.txt"
+    # The CLI script runs as __main__ under benchmarks.peak_rss, which records the peak RSS
+    # of this process alone (not of Prefect's ephemeral API server subprocess).
+    command = [sys.executable, "-m", "benchmarks.peak_rss", str(peak_file)]
+    command += ["flows/automated_training_flow.py", "--params", str(params)]
     start = time.perf_counter()
     with out_file.open("wb") as out, err_file.open("wb") as err:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=err)
-        # wait4 gives the child's own peak RSS (ru_maxrss, KiB), which subprocess.run hides.
-        _, status, usage = os.wait4(process.pid, 0)
+        process = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=err, check=False)
     wall = time.perf_counter() - start
-    process.returncode = exit_code = os.waitstatus_to_exitcode(status)
+    exit_code = process.returncode
+    peak_rss = int(peak_file.read_text(encoding="utf-8"))
     lines = out_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()
     last = lines[-1] if lines else ""
     if exit_code != 0 or not last.startswith("completed:"):
         stderr = err_file.read_text(encoding="utf-8", errors="replace")[-3000:]
         raise BenchmarkError(f"CLI run failed (exit {exit_code}): {last}\n{stderr}")
-    logger.info("CLI one batch: %.2f s, peak RSS %s (%s)", wall, _mib(usage.ru_maxrss * 1024), last)
+    logger.info("CLI one batch: %.2f s, peak RSS %s (%s)", wall, _mib(peak_rss), last)
     shown = ["python", "flows/automated_training_flow.py", "--params", str(params)]
     found = re.search(r"batch (\d+)", last)
     return {
@@ -589,7 +587,7 @@ def run_cli(params: Path, env: dict[str, str]) -> Json:
         "exit_code": exit_code,
         "last_line": last,
         "batch": int(found.group(1)) if found else None,
-        "peak_rss_bytes": int(usage.ru_maxrss) * 1024,
+        "peak_rss_bytes": peak_rss,
         "data_bytes": merged_table_bytes(params),
     }
 
@@ -1066,7 +1064,8 @@ def render_memory(memory: dict[str, Json]) -> list[str]:
     )
     notes = (
         "The CLI process runs one batch (batch 11) on a finished project, as a user or the worker "
-        "does; its peak is `ru_maxrss` from `wait4`. The in-process rows are `ru_maxrss` of the "
+        "does; its peak is its own `ru_maxrss` (`benchmarks/peak_rss.py` runs the script as "
+        "`__main__` and reads it at exit). The in-process rows are `ru_maxrss` of the "
         "benchmark's worker processes after the size's last repetition; they ran every batch of "
         "every size one after another (small first), so they also carry what earlier runs left "
         "in the allocators. The data size is `memory_usage(deep=True).sum()` of the merged table "

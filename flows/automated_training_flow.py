@@ -19,16 +19,15 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
-from retrain_pipeline.batch_manager import choose_batch, load_state, pause_schedule, record_batch
+from retrain_pipeline.batch_manager import choose_batch, pause_schedule, record_batch
 from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings
 from retrain_pipeline.data_tasks import (
     BatchInput,
     TrainingData,
     load_batch,
-    prepare_project,
     quarantine_batch,
+    save_and_version,
     validate_and_merge,
-    version_files,
 )
 from retrain_pipeline.errors import ConfigError, DataValidationError, PipelineError
 from retrain_pipeline.logs import (
@@ -38,17 +37,12 @@ from retrain_pipeline.logs import (
     quiet_temporary_server_notices,
 )
 from retrain_pipeline.model_tasks import (
-    connect_tracking,
     evaluate,
     load_champion,
     log_run,
-    mark_committed,
-    promote,
-    publish_history,
-    publish_report,
-    save_model,
+    publish_reports,
+    tag_and_promote,
     train,
-    write_metrics,
 )
 from retrain_pipeline.reporting import training_report
 from retrain_pipeline.state import (
@@ -92,7 +86,6 @@ def automated_training_flow(
     )
     try:
         with pipeline_lock(settings.lock_file, {"flow_run_id": flow_run.id}) as holder:
-            prepare_project(settings)  # under the lock: two first runs must not both `dvc init`
             return _process_batch(settings, batch_number, force, holder)
     except PipelineBusyError as exc:
         logger.warning("Nothing done: %s", exc)
@@ -101,8 +94,7 @@ def automated_training_flow(
 
 def _process_batch(settings: Settings, requested: int | None, force: bool, holder: Path) -> Outcome:
     logger = get_run_logger()
-    state = load_state(settings)
-    choice = choose_batch(settings, state, requested, force)
+    state, choice = choose_batch(settings, requested, force)
     n = choice.batch_number
     if n is None:
         logger.info("Nothing to do: %s", choice.reason)
@@ -125,7 +117,7 @@ def _process_batch(settings: Settings, requested: int | None, force: bool, holde
             status="rejected", started_at=started, finished_at=utc_now(), source=exc.file, error=str(exc)
         )
         rejected_state = record_batch(settings, state, n, record, state.champion_version)
-        publish_history(settings, rejected_state, None)
+        publish_reports(settings, rejected_state, None, None, n)
         raise
     try:
         committed = _train_and_commit(settings, state, batch, training, started)
@@ -137,11 +129,9 @@ def _process_batch(settings: Settings, requested: int | None, force: bool, holde
         record_batch(settings, state, n, record, state.champion_version)
         raise
     # The state file is the commit point; the alias follows it (and is repaired from it).
-    mark_committed(settings, committed.run_id)
-    if committed.record.promoted:
-        promote(settings, committed.model_version, committed.model_file)
-    publish_report(committed.report, n)
-    publish_history(settings, committed.state, committed.record.mlflow_run_id)
+    promoted_version = committed.model_version if committed.record.promoted else None
+    tag_and_promote(settings, committed.run_id, promoted_version, committed.model_file)
+    publish_reports(settings, committed.state, committed.run_id, committed.report, n)
     return _outcome(
         "completed",
         n,
@@ -168,12 +158,10 @@ def _train_and_commit(
 ) -> _Committed:
     """Train, evaluate, version, log and record the batch as completed in the state file."""
     n = batch.batch_number
-    experiment_id = connect_tracking(settings)
-    champion = load_champion(settings, state)
+    experiment_id, champion = load_champion(settings, state)
     model = train(settings, training)
     evaluation = evaluate(settings, model, champion, training)
-    model_file = save_model(settings, model, n)
-    versioned = version_files(settings, training, model_file)
+    versioned = save_and_version(settings, training, model)
     data_md5, model_md5 = versioned.data_md5, versioned.model_md5
     run_id = str(flow_run.id)
     tags = {
@@ -210,7 +198,6 @@ def _train_and_commit(
         model_md5=model_md5,
         prefect_flow_run_id=run_id,
     )
-    write_metrics(settings, n, {"batch_number": n, **record.model_dump(exclude={"status", "error"})})
     new_state = record_batch(settings, state, n, record, logged.model_version if promoted else previous)
     report = training_report(
         batch_number=n,
@@ -223,7 +210,7 @@ def _train_and_commit(
         primary_metric=settings.evaluation.primary_metric,
         summary=summary,
     )
-    return _Committed(new_state, record, logged.run_id, logged.model_version, model_file, report)
+    return _Committed(new_state, record, logged.run_id, logged.model_version, versioned.model_file, report)
 
 
 # --------------------------------------------------------------------------- command line

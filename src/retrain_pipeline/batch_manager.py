@@ -1,18 +1,22 @@
 """Prefect tasks that manage batches: read the state, choose the batch, record the outcome.
 
-Thin wrappers over :mod:`retrain_pipeline.state`.
+Thin wrappers over :mod:`retrain_pipeline.state` and ``project``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from retrain_pipeline import project
 from retrain_pipeline import state as state_store
 from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import StateError
+from retrain_pipeline.fileio import write_text_atomic
 from retrain_pipeline.state import BatchRecord, PipelineState
 
 
@@ -25,13 +29,18 @@ class BatchChoice:
     all_done: bool = False  # max_batches reached: nothing will ever be left to do
 
 
-@task(name="load-state", cache_policy=NO_CACHE)
-def load_state(settings: Settings) -> PipelineState:
-    return state_store.load_state(settings.paths.state_file)
-
-
 @task(name="choose-batch", cache_policy=NO_CACHE)
-def choose_batch(settings: Settings, state: PipelineState, requested: int | None, force: bool) -> BatchChoice:
+def choose_batch(settings: Settings, requested: int | None, force: bool) -> tuple[PipelineState, BatchChoice]:
+    """Set the project up if needed (folders, DVC repository), read the state, pick the batch.
+
+    Call it under the pipeline lock: two first runs must not both initialise DVC.
+    """
+    project.prepare_project(settings)
+    state = state_store.load_state(settings.paths.state_file)
+    return state, _choose(settings, state, requested, force)
+
+
+def _choose(settings: Settings, state: PipelineState, requested: int | None, force: bool) -> BatchChoice:
     """The requested batch, or the next one; refuses a completed batch unless forced."""
     max_batches = settings.automation.max_batches
     if requested is None:
@@ -56,8 +65,13 @@ def record_batch(
     record: BatchRecord,
     champion_version: str | None,
 ) -> PipelineState:
-    """Write the batch's record into ``batch_state.json`` atomically; returns the new state."""
+    """Write the batch's record into ``batch_state.json`` atomically; returns the new state.
+
+    A completed batch first gets ``metrics/batch_<N>.json`` and ``metrics/latest.json``.
+    """
     record = state_store.next_record(state.record(batch_number), record)
+    if record.status == "completed":
+        _write_metrics(settings, batch_number, record)
     new_state = state.with_batch(batch_number, record, champion_version)
     state_store.save_state(settings.paths.state_file, new_state)
     get_run_logger().info(
@@ -74,3 +88,11 @@ def pause_schedule(deployment_id: str) -> None:
     get_run_logger().info(
         "All batches done: paused deployment %s (run setup_deployment again to resume)", deployment_id
     )
+
+
+def _write_metrics(settings: Settings, batch_number: int, record: BatchRecord) -> None:
+    """``metrics/batch_<N>.json`` and ``metrics/latest.json``: the record without status/error."""
+    payload: dict[str, Any] = {"batch_number": batch_number, **record.model_dump(exclude={"status", "error"})}
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    write_text_atomic(settings.metrics_file(batch_number), text)
+    write_text_atomic(settings.latest_metrics_file, text)

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from retrain_pipeline import data, project, versioning
+from retrain_pipeline import data, versioning
 from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import DataValidationError, StateError, VersioningError
-from retrain_pipeline.fileio import md5_file, write_text_atomic
+from retrain_pipeline.fileio import dump_joblib_atomic, md5_file, write_text_atomic
 from retrain_pipeline.state import PipelineState, utc_now
 
 
@@ -48,16 +48,12 @@ class TrainingData:
 
 @dataclass(frozen=True)
 class Versioned:
-    """The md5s DVC recorded: the training-data manifest, the model, this batch's file."""
+    """The saved model file and the md5s DVC recorded: training-data manifest, model, batch."""
 
+    model_file: Path
     data_md5: str
     model_md5: str
     batch_md5: str
-
-
-@task(name="prepare-project", cache_policy=NO_CACHE)
-def prepare_project(settings: Settings) -> None:
-    project.prepare_project(settings)
 
 
 @task(name="load-batch", cache_policy=NO_CACHE)
@@ -159,14 +155,17 @@ def quarantine_batch(settings: Settings, error: DataValidationError, batch: Batc
     return target
 
 
-@task(name="version-with-dvc", cache_policy=NO_CACHE)
-def version_files(settings: Settings, training: TrainingData, model_file: Path) -> Versioned:
-    """DVC-track the new batch file, the manifest of the training data and the model.
+@task(name="save-and-version", cache_policy=NO_CACHE)
+def save_and_version(settings: Settings, training: TrainingData, model: object) -> Versioned:
+    """Save the model to ``models/batch_<N>.joblib``; DVC-track it, the new batch file and
+    the manifest of the training data.
 
     Earlier batch files were tracked when they were accepted: their md5s come from their
     ``.dvc`` files, so no run re-hashes or re-copies history. A file whose ``.dvc`` file is
     missing or out of date is hashed and tracked again.
     """
+    model_file = settings.model_file(training.batch_number)
+    dump_joblib_atomic(model, model_file)
     processed = settings.data.processed_dir
     to_track = [training.file, settings.training_manifest_file, model_file]
     files = []
@@ -188,4 +187,6 @@ def version_files(settings: Settings, training: TrainingData, model_file: Path) 
             raise VersioningError(
                 f"{path} changed while it was being versioned (md5 {md5} -> {tracked[path]})"
             )
-    return Versioned(tracked[settings.training_manifest_file], tracked[model_file], tracked[training.file])
+    return Versioned(
+        model_file, tracked[settings.training_manifest_file], tracked[model_file], tracked[training.file]
+    )

@@ -53,3 +53,11 @@ def md5_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def dump_joblib_atomic(obj: object, path: Path) -> None:
+    """Pickle ``obj`` with joblib to ``path`` atomically (a model file, for example)."""
+    import joblib
+
+    with atomic_path(path) as tmp:
+        joblib.dump(obj, tmp)

@@ -5,13 +5,11 @@ Thin wrappers: the logic lives in :mod:`retrain_pipeline.model` and ``tracking``
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import joblib
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -21,7 +19,7 @@ from retrain_pipeline import model, reporting, tracking
 from retrain_pipeline.config import Settings
 from retrain_pipeline.data_tasks import TrainingData
 from retrain_pipeline.errors import TrackingError
-from retrain_pipeline.fileio import atomic_path, write_text_atomic
+from retrain_pipeline.fileio import atomic_path
 from retrain_pipeline.state import PipelineState
 
 
@@ -38,26 +36,23 @@ class Evaluation:
     decision: model.PromotionDecision
 
 
-@task(name="connect-mlflow", cache_policy=NO_CACHE)
-def connect_tracking(settings: Settings) -> str:
-    """Point MLflow at the configured store; returns the experiment id.
+@task(name="load-champion", cache_policy=NO_CACHE)
+def load_champion(settings: Settings, state: PipelineState) -> tuple[str, Champion | None]:
+    """Connect to MLflow; returns the experiment id and the current champion from the registry.
 
     Runs of this project left RUNNING by a killed attempt are marked KILLED first.
-    """
-    experiment_id = tracking.connect(settings.mlflow)
-    orphans = tracking.close_orphaned_runs(settings.mlflow, experiment_id, settings.project_id)
-    if orphans:
-        get_run_logger().warning("Marked MLflow runs of killed attempts as KILLED: %s", ", ".join(orphans))
-    return experiment_id
-
-
-@task(name="load-champion", cache_policy=NO_CACHE)
-def load_champion(settings: Settings, state: PipelineState) -> Champion | None:
-    """The current champion from the registry.
-
     ``batch_state.json`` is the commit point: if a run stopped after recording a promotion
     but before moving the alias, the alias is moved to the recorded champion first.
     """
+    logger = get_run_logger()
+    experiment_id = tracking.connect(settings.mlflow)
+    orphans = tracking.close_orphaned_runs(settings.mlflow, experiment_id, settings.project_id)
+    if orphans:
+        logger.warning("Marked MLflow runs of killed attempts as KILLED: %s", ", ".join(orphans))
+    return experiment_id, _champion(settings, state)
+
+
+def _champion(settings: Settings, state: PipelineState) -> Champion | None:
     logger = get_run_logger()
     version = tracking.champion_version(settings.mlflow)
     if state.champion_version is not None and version != state.champion_version:
@@ -104,15 +99,6 @@ def evaluate(
         decision = model.PromotionDecision(True, f"champion v{champion.version} cannot score this data")
     logger.info("%s=%s; decision: %s", cfg.primary_metric, metrics.get(cfg.primary_metric), decision.reason)
     return Evaluation(metrics, champion_metrics, decision)
-
-
-@task(name="save-model", cache_policy=NO_CACHE)
-def save_model(settings: Settings, trained: Pipeline, batch_number: int) -> Path:
-    """Write the model of this batch to ``models/batch_<N>.joblib`` atomically."""
-    path = settings.model_file(batch_number)
-    with atomic_path(path) as tmp:
-        joblib.dump(trained, tmp)
-    return path
 
 
 @task(name="log-to-mlflow", cache_policy=NO_CACHE)
@@ -164,45 +150,38 @@ def log_run(
     )
 
 
-@task(name="promote-champion", cache_policy=NO_CACHE)
-def promote(settings: Settings, version: str, model_file: Path) -> None:
-    """Move the ``champion`` alias to ``version`` and copy its file to ``models/champion.joblib``."""
-    tracking.set_champion(settings.mlflow, version)
-    with atomic_path(settings.champion_model_file) as tmp:
-        shutil.copyfile(model_file, tmp)
+@task(name="tag-and-promote", cache_policy=NO_CACHE)
+def tag_and_promote(settings: Settings, run_id: str, promoted_version: str | None, model_file: Path) -> None:
+    """After the state commit: tag the MLflow run as committed, then promote when decided.
 
-
-@task(name="write-metrics", cache_policy=NO_CACHE)
-def write_metrics(settings: Settings, batch_number: int, payload: dict[str, Any]) -> Path:
-    """``metrics/batch_<N>.json`` and ``metrics/latest.json``."""
-    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    path = settings.metrics_file(batch_number)
-    write_text_atomic(path, text)
-    write_text_atomic(settings.latest_metrics_file, text)
-    return path
-
-
-@task(name="publish-report", cache_policy=NO_CACHE)
-def publish_report(report: str, batch_number: int) -> None:
-    create_markdown_artifact(
-        markdown=report, key="training-report", description=f"Batch {batch_number} training report"
-    )
-
-
-@task(name="tag-run-committed", cache_policy=NO_CACHE)
-def mark_committed(settings: Settings, run_id: str) -> None:
-    """Tag the MLflow run as recorded in the state file; a failure is only a warning."""
+    Promoting moves the ``champion`` alias and copies the model to ``models/champion.joblib``.
+    A failed tag is only a warning (rebuild-state would skip that run).
+    """
     try:
         tracking.mark_committed(settings.mlflow, run_id)
     except TrackingError as exc:
         get_run_logger().warning(
             "Could not tag run %s as committed (rebuild-state would skip it): %s", run_id, exc
         )
+    if promoted_version is not None:
+        tracking.set_champion(settings.mlflow, promoted_version)
+        with atomic_path(settings.champion_model_file) as tmp:
+            shutil.copyfile(model_file, tmp)
 
 
-@task(name="publish-history", cache_policy=NO_CACHE)
-def publish_history(settings: Settings, state: PipelineState, run_id: str | None) -> Path:
-    """The metric-history plot (metrics/metric_history.png, also on the MLflow run) and table."""
+@task(name="publish-reports", cache_policy=NO_CACHE)
+def publish_reports(
+    settings: Settings, state: PipelineState, run_id: str | None, report: str | None, batch_number: int
+) -> Path:
+    """The training report (when a model was trained) and the metric history.
+
+    The history is a plot (metrics/metric_history.png, also attached to the MLflow run) and
+    a table artifact.
+    """
+    if report is not None:
+        create_markdown_artifact(
+            markdown=report, key="training-report", description=f"Batch {batch_number} training report"
+        )
     metric = settings.evaluation.primary_metric
     path = settings.metric_plot_file
     with atomic_path(path) as tmp:
