@@ -3,9 +3,11 @@
     python -m benchmarks.peak_rss OUT_FILE SCRIPT [ARGS...]
 
 The benchmark runs the flow's command line through this so that the peak it reports is
-the flow process's own (``RUSAGE_SELF``), without the helper processes it starts (Prefect's
-ephemeral API server), which ``wait4`` on the parent side would fold in. The script's exit
-code is kept.
+the flow process's own, without the helper processes it starts (Prefect's ephemeral API
+server), which ``wait4`` on the parent side would fold in. The script's exit code is kept.
+
+The peak is ``VmHWM`` from ``/proc/self/status``: ``ru_maxrss`` survives ``exec`` on Linux,
+so a process started by a big parent would report the parent's size as its own peak.
 """
 
 from __future__ import annotations
@@ -24,8 +26,18 @@ def main() -> None:
     try:
         runpy.run_path(script, run_name="__main__")
     finally:
-        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        out.write_text(f"{peak_kib * 1024}\n", encoding="utf-8")
+        out.write_text(f"{peak_rss_bytes()}\n", encoding="utf-8")
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size: VmHWM, else ru_maxrss (both KiB on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 if __name__ == "__main__":
