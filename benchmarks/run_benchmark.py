@@ -242,15 +242,15 @@ class Run:
 
 
 def build_runs(work: Path, sizes: Sequence[SizeSpec]) -> list[Run]:
-    """Fresh projects for every repetition; one extra landing batch for the CLI run."""
+    """Fresh projects for every repetition; extra landing batches for the CLI and deployment runs."""
     from benchmarks.synthetic import make_batches
 
     runs: list[Run] = []
     for spec in sizes:
-        batches = make_batches(spec.batches + 1, spec.rows, N_FEATURES, seed=SEED)
+        batches = make_batches(spec.batches + 2, spec.rows, N_FEATURES, seed=SEED)
         for rep in range(1, spec.repetitions + 1):
             folder = work / f"{spec.name}-rep{rep}"
-            params = make_project(folder / "project", batches, spec.batches + 1, spec.window)
+            params = make_project(folder / "project", batches, spec.batches + 2, spec.window)
             runs.append(Run(spec.name, rep, params, folder / "baseline", spec.batches))
         logger.info("Wrote %d project(s) for size %s (%d rows/batch)", spec.repetitions, spec.name, spec.rows)
     return runs
@@ -588,6 +588,56 @@ def run_cli(params: Path, env: dict[str, str]) -> Json:
     }
 
 
+def run_deployment_batch(params: Path, timeout_s: float = 900.0) -> Json:
+    """One more batch as a deployment run through the worker, when the services are up.
+
+    Uses this repository's deployment (``make start-services deploy start-worker-bg``) with the
+    benchmark project's params file as the run's ``params_path`` and the project's own MLflow
+    store, so nothing lands in the services' MLflow. Returns ``{"skipped": reason}`` when the
+    Prefect server or the worker is not running.
+    """
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.setup_deployment import wait_for
+    from retrain_pipeline import services
+    from retrain_pipeline.config import load_settings
+
+    repo = load_settings(REPO_ROOT / "params.yaml")
+    urls = services.running_urls(repo)
+    if "prefect" not in urls or services.recorded(repo, "worker") is None:
+        return {"skipped": "no Prefect server or worker running (make start-services deploy start-worker-bg)"}
+    project = load_settings(params)
+    name = f"automated-training/{repo.automation.deployment_name}"
+    env = {"MLFLOW_TRACKING_URI": project.mlflow.tracking_uri, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    with temporary_settings(updates={PREFECT_API_URL: urls["prefect"]}):
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(name)
+            start = time.perf_counter()
+            created = client.create_flow_run_from_deployment(
+                deployment.id,
+                parameters={"params_path": str(params)},
+                job_variables={"env": env},
+                tags=["benchmark"],
+            )
+        finished = wait_for(created.id, timeout_s)
+    wall = time.perf_counter() - start
+    run_s = (
+        (finished.end_time - finished.start_time).total_seconds()
+        if finished.start_time and finished.end_time
+        else None
+    )
+    logger.info("Deployment run %s: %s after %.1f s", finished.name, finished.state_name, wall)
+    return {
+        "deployment": name,
+        "flow_run": finished.name,
+        "state": finished.state_name,
+        "trigger_to_final_s": wall,
+        "flow_run_s": run_s,
+        "prefect_api": urls["prefect"],
+    }
+
+
 def merged_table_bytes(params: Path) -> int:
     """In-memory size of the flow's final merged table (the batch files its manifest lists)."""
     import pandas as pd
@@ -914,7 +964,7 @@ def render_totals(sizes: dict[str, Json]) -> list[str]:
     return ["## Totals", "", *_table(header, rows)]
 
 
-def render_startup(flow: Json, baseline: Json, cli: dict[str, Json]) -> list[str]:
+def render_startup(flow: Json, baseline: Json, cli: dict[str, Json], deployment: Json) -> list[str]:
     rows = [
         ("flow process: import the flow module", f"{flow['import_s']:.2f}"),
         (
@@ -928,7 +978,17 @@ def render_startup(flow: Json, baseline: Json, cli: dict[str, Json]) -> list[str
         (f"CLI process, one batch ({name}: batch {c['batch']})", f"{c['wall_s']:.2f}")
         for name, c in cli.items()
     ]
-    return ["## Start-up and the CLI", "", *_table(("what", "seconds"), rows)]
+    if "skipped" in deployment:
+        rows.append(("deployment run through the worker", f"not measured: {deployment['skipped']}"))
+    else:
+        rows.append(
+            (
+                f"deployment run through the worker ({deployment['flow_run']}, {deployment['state']}): "
+                "trigger to final state (polled every 2 s) / the flow run itself",
+                f"{deployment['trigger_to_final_s']:.2f} / {deployment['flow_run_s'] or 0:.2f}",
+            )
+        )
+    return ["## Start-up, the CLI and a deployment run", "", *_table(("what", "seconds"), rows)]
 
 
 def render_per_batch(sizes: dict[str, Json]) -> list[str]:
@@ -1106,7 +1166,9 @@ def render_report(results: Json) -> str:
         *_method(results),
         *render_targets(results["checks"]),
         *render_totals(results["sizes"]),
-        *render_startup(results["flow_worker"], results["baseline_worker"], results["cli"]),
+        *render_startup(
+            results["flow_worker"], results["baseline_worker"], results["cli"], results["deployment_run"]
+        ),
         *render_per_batch(results["sizes"]),
         *render_growth(results["sizes"]),
         *where_the_time_goes(results["sizes"]),
@@ -1145,7 +1207,15 @@ def measure(sizes: Sequence[SizeSpec], work: Path) -> Json:
     first = {s.name: next(r for r in runs if r.size == s.name) for s in sizes if s.window is None}
     merged = {name: merged_table_bytes(run.params) for name, run in first.items()}
     cli = {name: run_cli(run.params, env) for name, run in first.items()}
-    return {"baseline_worker": baseline, "flow_worker": flow, "merged_bytes": merged, "cli": cli}
+    largest = max((s for s in sizes if s.window is None), key=lambda s: s.rows)
+    deployment = run_deployment_batch(first[largest.name].params)
+    return {
+        "baseline_worker": baseline,
+        "flow_worker": flow,
+        "merged_bytes": merged,
+        "cli": cli,
+        "deployment_run": deployment,
+    }
 
 
 def analyse(sizes: Sequence[SizeSpec], raw: Json) -> Json:

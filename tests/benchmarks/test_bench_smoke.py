@@ -26,6 +26,7 @@ TOP_LEVEL_KEYS = {
     "flow_worker",
     "merged_bytes",
     "cli",
+    "deployment_run",
     "sizes",
     "memory",
     "checks",
@@ -97,6 +98,8 @@ def test_every_flow_batch_completed(smoke_results: Results) -> None:
     for cli in results["cli"].values():
         assert cli["exit_code"] == 0
         assert cli["last_line"].startswith("completed:")
+    deployment = results["deployment_run"]  # measured only when the services and a worker run
+    assert "skipped" in deployment or deployment["state"] == "Completed", deployment
 
 
 def test_report_has_the_target_table(smoke_results: Results) -> None:
