@@ -31,13 +31,19 @@ def main() -> None:
 
 def peak_rss_bytes() -> int:
     """This process's peak resident set size: VmHWM, else ru_maxrss (both KiB on Linux)."""
+    peak = proc_status_bytes("VmHWM")
+    return peak if peak is not None else int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def proc_status_bytes(field: str) -> int | None:
+    """A memory field (``VmRSS``, ``VmHWM``) of ``/proc/self/status`` in bytes; None without it."""
     try:
         for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    return None
 
 
 if __name__ == "__main__":

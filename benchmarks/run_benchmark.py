@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from benchmarks.peak_rss import peak_rss_bytes
+from benchmarks.peak_rss import peak_rss_bytes, proc_status_bytes
 
 if TYPE_CHECKING:
     from retrain_pipeline.config import Settings
@@ -205,13 +205,7 @@ def children_cpu_seconds() -> float:
 
 def current_rss_bytes() -> int:
     """This process's resident set size now (VmRSS), 0 where /proc is absent."""
-    try:
-        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return proc_status_bytes("VmRSS") or 0
 
 
 # --------------------------------------------------------------------------- projects
