@@ -35,6 +35,7 @@ from retrain_pipeline.logs import (
     one_off_run_settings,
     quiet_pipeline_tracebacks,
     quiet_temporary_server_notices,
+    send_pending_prefect_records,
 )
 from retrain_pipeline.model_tasks import (
     evaluate,
@@ -264,8 +265,10 @@ def main(argv: list[str] | None = None) -> int:
                     batch_number=args.batch, params_path=params, force=args.force
                 )
             except PipelineError as exc:
+                send_pending_prefect_records()
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
+            send_pending_prefect_records()
             print(f"{outcome['status']}: {outcome['message']}", flush=True)
             if not (args.all and outcome["status"] == "completed"):
                 return 0

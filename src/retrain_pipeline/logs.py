@@ -73,3 +73,17 @@ def one_off_run_settings() -> Iterator[None]:
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+def send_pending_prefect_records(timeout_s: float = 60.0) -> None:
+    """Send the events and logs Prefect still queues for its API, and wait until they are sent.
+
+    Prefect does this at interpreter exit and warns ("Still processing items: N items
+    remaining...") when the API is slow; a CLI calls this before printing its result so
+    that its one-line result stays the last line.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        service.drain_all(timeout=timeout_s, at_exit=False)
