@@ -48,12 +48,11 @@ class TrainingData:
 
 @dataclass(frozen=True)
 class Versioned:
-    """The saved model file and the md5s DVC recorded: training-data manifest, model, batch."""
+    """The saved model file and the md5s DVC recorded for the training-data manifest and it."""
 
     model_file: Path
     data_md5: str
     model_md5: str
-    batch_md5: str
 
 
 @task(name="load-batch", cache_policy=NO_CACHE)
@@ -76,7 +75,10 @@ def load_batch(settings: Settings, batch_number: int) -> BatchInput | None:
 
 @task(name="validate-and-merge", cache_policy=NO_CACHE)
 def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInput) -> TrainingData:
-    """Validate the batch, split it, merge it with earlier accepted batches and save both."""
+    """Validate the batch, split it, merge it with the earlier accepted batches of its window.
+
+    Writes the batch's processed file; the merged table is only cut into train and holdout.
+    """
     cfg, n = settings.data, batch.batch_number
     accepted = [k for k in state.accepted_batches(up_to=n) if k != n]
     earlier = data.training_window(accepted, cfg.window_batches)
@@ -187,6 +189,4 @@ def save_and_version(settings: Settings, training: TrainingData, model: object) 
             raise VersioningError(
                 f"{path} changed while it was being versioned (md5 {md5} -> {tracked[path]})"
             )
-    return Versioned(
-        model_file, tracked[settings.training_manifest_file], tracked[model_file], tracked[training.file]
-    )
+    return Versioned(model_file, tracked[settings.training_manifest_file], tracked[model_file])

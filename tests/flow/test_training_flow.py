@@ -16,12 +16,12 @@ import pytest
 import yaml
 
 from flows.automated_training_flow import automated_training_flow
-from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline.config import load_settings
 from retrain_pipeline.data import SPLIT_COLUMN, breast_cancer_dataset, parse_training_manifest
 from retrain_pipeline.errors import DataValidationError, StateError
 from retrain_pipeline.fileio import md5_file
 from retrain_pipeline.state import load_state
-from retrain_pipeline.versioning import recorded_md5
+from retrain_pipeline.versioning import cached_file, recorded_md5
 
 
 def run(params: Path, batch: int | None = None, force: bool = False) -> dict:
@@ -46,10 +46,6 @@ def runs_by_batch(params: Path) -> dict[str, list]:
 def dvc_md5(path: Path) -> str:
     meta = yaml.safe_load(path.with_name(path.name + ".dvc").read_text())
     return meta["outs"][0]["md5"]
-
-
-def cached(settings: Settings, md5: str) -> Path:
-    return settings.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
 
 
 def test_three_batches_end_to_end(make_project: Callable[..., Path]) -> None:
@@ -109,14 +105,15 @@ def test_three_batches_end_to_end(make_project: Callable[..., Path]) -> None:
     assert dvc_md5(settings.training_manifest_file) == state.batches["3"].data_md5
     assert dvc_md5(settings.model_file(3)) == state.batches["3"].model_md5
     for n in (1, 2, 3):
-        listed = parse_training_manifest(cached(settings, state.batches[str(n)].data_md5).read_text())
+        manifest = cached_file(settings.root, state.batches[str(n)].data_md5)
+        listed = parse_training_manifest(manifest.read_text())
         assert [f.batch for f in listed] == list(range(1, n + 1))
         for f in listed:
             assert f.md5 == dvc_md5(settings.processed_batch_file(f.batch))
             # Later runs can take it from the .dvc file without hashing the batch again.
             assert recorded_md5(settings.processed_batch_file(f.batch)) == f.md5
-            assert md5_file(cached(settings, f.md5)) == f.md5
-            assert len(pd.read_parquet(cached(settings, f.md5))) == f.rows == 50
+            assert md5_file(cached_file(settings.root, f.md5)) == f.md5
+            assert len(pd.read_parquet(cached_file(settings.root, f.md5))) == f.rows == 50
     assert len({state.batches[str(n)].data_md5 for n in (1, 2, 3)}) == 3
 
     # Outputs: models, metrics, processed data of every batch with its train/holdout split.
@@ -314,7 +311,7 @@ def test_sliding_window_trains_on_the_last_batches_only(make_project: Callable[.
     settings = load_settings(params)
     state = load_state(settings.paths.state_file)
     assert [state.batches[str(n)].training_rows_total for n in (1, 2, 3)] == [50, 100, 100]
-    listed = parse_training_manifest(cached(settings, state.batches["3"].data_md5).read_text())
+    listed = parse_training_manifest(cached_file(settings.root, state.batches["3"].data_md5).read_text())
     assert [f.batch for f in listed] == [2, 3]
     (mlrun,) = runs_by_batch(params)["3"]
     assert mlrun.data.params["accepted_batches"] == "2,3"
