@@ -1,0 +1,36 @@
+"""Journeys: the README's make targets run in the order users run them, on a copy of the project.
+
+Each test gets a fresh copy of the committed project (what ``git clone`` gives a user) in a
+temporary folder, with free loopback ports for the Prefect and MLflow servers. The copy
+shares this checkout's installed ``.venv`` and ``.tools`` (symlinks), so ``make`` finds
+them installed and does not install again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from journeys_support import REPO, Project, copy_project, journey_env
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/journeys/" in str(item.fspath):
+            item.add_marker(pytest.mark.journey)
+
+
+@pytest.fixture
+def project(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Project]:
+    """A fresh copy of the project; whatever it started is stopped afterwards."""
+    root = copy_project(REPO, tmp_path / "project")
+    ports = {"prefect": free_port(), "mlflow": free_port()}
+    home = tmp_path / "home"
+    home.mkdir()
+    proj = Project(root, journey_env(ports, home), ports)
+    try:
+        yield proj
+    finally:
+        proj.make("stop", check=False, timeout=120)
+        print("\n".join(proj.log))

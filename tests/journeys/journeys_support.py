@@ -1,0 +1,91 @@
+"""Helpers of the journey tests: a copy of the project and its make commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def committed_files(repo: Path) -> list[str]:
+    """The project's files as a clone has them (tracked or staged)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "-z"],
+        cwd=repo,
+        capture_output=True,
+        check=True,
+    )
+    return [name for name in listed.stdout.decode().split("\0") if name]
+
+
+def copy_project(repo: Path, target: Path) -> Path:
+    """Copy the project's files to ``target``; link the installed environment and Poetry."""
+    for name in committed_files(repo):
+        source = repo / name
+        if not source.is_file():  # deleted in the work tree but still in the index
+            continue
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)  # keeps mtimes: the install stamp stays newer
+    for installed in (".venv", ".tools"):
+        (target / installed).symlink_to(repo / installed, target_is_directory=True)
+    return target
+
+
+@dataclass
+class Project:
+    """A copy of the project and the environment its make commands run in."""
+
+    root: Path
+    env: dict[str, str]
+    ports: dict[str, int]
+    log: list[str] = field(default_factory=list)
+
+    def make(
+        self, *targets: str, timeout: float = 600, check: bool = True, **variables: str
+    ) -> subprocess.CompletedProcess[str]:
+        """``make TARGET... VAR=value...`` in the project; fails with its output unless ``check`` is off."""
+        argv = ["make", "--no-print-directory", *targets, *(f"{k}={v}" for k, v in variables.items())]
+        result = subprocess.run(
+            argv,
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        self.log.append(f"$ {' '.join(argv)}  -> exit {result.returncode}")
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(argv)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
+                f"\n--- stderr\n{result.stderr[-4000:]}"
+            )
+        return result
+
+    def state(self) -> dict[str, Any]:
+        return dict(json.loads((self.root / "batch_state.json").read_text(encoding="utf-8")))
+
+    def status(self) -> dict[str, Any]:
+        return dict(json.loads(self.make("status", JSON="1").stdout))
+
+
+def journey_env(ports: dict[str, int], home: Path) -> dict[str, str]:
+    """The user's shell: no Prefect or MLflow settings, an empty home; the ports as make variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    env["HOME"] = str(home)
+    env.pop("MAKEFLAGS", None)
+    env.pop("MFLAGS", None)
+    env.update(
+        PREFECT_PORT=str(ports["prefect"]),
+        MLFLOW_PORT=str(ports["mlflow"]),
+        # The worker asks for new runs every 2 s instead of 10 s: shorter tests, same code paths.
+        PREFECT_WORKER_QUERY_SECONDS="2",
+    )
+    return env
