@@ -24,12 +24,14 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 
-from flows.automated_training_flow import PROJECT_ROOT, automated_training_flow
 from retrain_pipeline.config import Settings, load_settings
 from retrain_pipeline.errors import ConfigError, PipelineError
 
 logger = logging.getLogger(__name__)
 
+# The project this script belongs to (its own folder, not wherever an import would find ``flows``):
+# workers run the flow file from here.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/automated_training_flow.py:automated_training_flow"
 
 
@@ -57,7 +59,7 @@ def deploy(settings: Settings, tracking_uri: str | None) -> UUID:
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     # from_source is typed "Flow | Coroutine" (sync/async dual); called synchronously it is a Flow.
-    source_flow = cast(Flow[..., Any], automated_training_flow.from_source(str(PROJECT_ROOT), ENTRYPOINT))
+    source_flow = cast(Flow[..., Any], Flow.from_source(str(PROJECT_ROOT), ENTRYPOINT))
     deployment_id = source_flow.deploy(
         name=auto.deployment_name,
         work_pool_name=auto.work_pool,
