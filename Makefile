@@ -25,9 +25,8 @@ STAMP := $(VENV)/.installed
 # pasting them into shell text.
 export PARAMS BATCH VERSION REASON PREFECT_HOST PREFECT_PORT MLFLOW_HOST MLFLOW_PORT WAIT
 
-# Prefect keeps its database and settings inside the project; the user's profile is untouched.
-export PREFECT_HOME ?= $(CURDIR)/.prefect
-export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# Prefect's home (.prefect/ beside the params file) and its other settings are chosen by the
+# code, so `python flows/automated_training_flow.py` and every target below use the same ones.
 export PYTHONUNBUFFERED := 1
 
 .PHONY: help install setup run run-manual run-all status demo mlflow-ui clean test lint \
@@ -56,18 +55,18 @@ setup: install ## Create folders, `dvc init` once and write the raw demo data
 SERVICES := $(PY) -m retrain_pipeline.services
 ENDPOINTS := --prefect-host "$$PREFECT_HOST" --prefect-port "$$PREFECT_PORT" \
 	--mlflow-host "$$MLFLOW_HOST" --mlflow-port "$$MLFLOW_PORT"
-# When the services run, manual runs report to them (same Prefect UI, same MLflow server).
+# Deploying and triggering talk to the running services. (Flow runs find them by themselves.)
 SERVICES_ENV = $$($(SERVICES) env --params "$$PARAMS")
 
 run: setup ## Process the next batch once (no services needed; uses them when they run)
-	env $(SERVICES_ENV) $(PY) flows/automated_training_flow.py --params "$$PARAMS"
+	$(PY) flows/automated_training_flow.py --params "$$PARAMS"
 
 run-manual: setup ## Process batch BATCH=N (add FORCE=1 to retrain a completed batch)
 	@test -n "$$BATCH" || { echo "usage: make run-manual BATCH=N [FORCE=1]" >&2; exit 2; }
-	env $(SERVICES_ENV) $(PY) flows/automated_training_flow.py "$$BATCH" --params "$$PARAMS" $(if $(FORCE),--force,)
+	$(PY) flows/automated_training_flow.py "$$BATCH" --params "$$PARAMS" $(if $(FORCE),--force,)
 
 run-all: setup ## Process every pending batch now, one flow run each, without the schedule
-	env $(SERVICES_ENV) $(PY) flows/automated_training_flow.py --all --params "$$PARAMS"
+	$(PY) flows/automated_training_flow.py --all --params "$$PARAMS"
 
 start-services: setup ## Start Prefect (PREFECT_HOST:PREFECT_PORT) and MLflow (MLFLOW_HOST:MLFLOW_PORT) servers
 	$(SERVICES) start prefect mlflow --params "$$PARAMS" $(ENDPOINTS)

@@ -19,6 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
+from retrain_pipeline import services
 from retrain_pipeline.batch_manager import choose_batch, pause_schedule, record_batch
 from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings
 from retrain_pipeline.data_tasks import (
@@ -33,6 +34,7 @@ from retrain_pipeline.errors import ConfigError, DataValidationError, PipelineEr
 from retrain_pipeline.logs import (
     DEBUG_ENV,
     one_off_run_settings,
+    prefect_api_unreachable,
     quiet_pipeline_tracebacks,
     quiet_temporary_server_notices,
     send_pending_prefect_records,
@@ -254,11 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     quiet_temporary_server_notices()
     params = str(Path(args.params).expanduser().resolve()) if args.params else None
     try:
-        load_settings(resolve_params(params), default_root=PROJECT_ROOT)  # fail fast, before Prefect starts
+        # Fail fast, before Prefect starts.
+        settings = load_settings(resolve_params(params), default_root=PROJECT_ROOT)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    with one_off_run_settings():
+    # The project's servers, when `make start-services` runs them: the same run, same stores.
+    running = services.running_urls(settings)
+    if "mlflow" in running and not os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = running["mlflow"]
+    with one_off_run_settings(services.prefect_home(settings), running.get("prefect")):
         while True:
             try:
                 outcome = automated_training_flow(
@@ -267,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
             except PipelineError as exc:
                 send_pending_prefect_records()
                 print(f"error: {exc}", file=sys.stderr)
+                return 1
+            except RuntimeError as exc:
+                unreachable = prefect_api_unreachable(exc)
+                if unreachable is None:
+                    raise
+                print(f"error: {unreachable}", file=sys.stderr)
                 return 1
             send_pending_prefect_records()
             print(f"{outcome['status']}: {outcome['message']}", flush=True)

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -152,30 +151,16 @@ def port_argument(text: str) -> int:
 
 
 def _mlflow_ui(settings: Settings, host: str, port: int) -> int:
+    """The MLflow server of ``make start-services``, in the foreground (one artifact scheme)."""
+    from retrain_pipeline import services
+
     if settings.mlflow.is_remote:
         print(f"tracking URI {settings.mlflow.tracking_uri} is a server: open it in a browser instead")
         return 0
-    executable = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
-    if executable is None:
-        raise PipelineError("the mlflow command is not installed in this environment (run make install)")
-    argv = [
-        executable,
-        "server",
-        "--backend-store-uri",
-        settings.mlflow.tracking_uri,
-        "--default-artifact-root",
-        settings.mlflow.artifact_location.as_uri(),
-        "--no-serve-artifacts",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    print(f"MLflow UI on http://{host}:{port} over {settings.mlflow.tracking_uri} (Ctrl+C stops it)")
-    sys.stdout.flush()
-    os.execv(executable, argv)  # replaces this process; no shell involved
+    spec = services.spec_for("mlflow", settings, services.Endpoints(mlflow_host=host, mlflow_port=port))
+    services.prepare(spec, settings)
+    print(f"MLflow UI on {spec.url} over {settings.mlflow.tracking_uri} (Ctrl+C stops it)", flush=True)
+    os.execve(spec.argv[0], spec.argv, spec.env)  # replaces this process; no shell involved
     return 0  # not reached
 
 

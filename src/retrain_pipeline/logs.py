@@ -1,4 +1,4 @@
-"""Prefect run-time helpers: one-line pipeline errors, quiet notices, lean one-off runs."""
+"""Prefect run-time helpers: one-line pipeline errors, quiet notices, the settings of CLI runs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from retrain_pipeline.errors import PipelineError
 
@@ -55,24 +57,63 @@ def quiet_temporary_server_notices() -> None:
 
 
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+#: How long a CLI run waits for Prefect's temporary API server (Prefect's default: 20 s).
+#: Its first start migrates a new database, which took 15-25 s on 2 cores, longer under load.
+EPHEMERAL_STARTUP_TIMEOUT_S = 120
+_EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
 
 
 @contextlib.contextmanager
-def one_off_run_settings() -> Iterator[None]:
+def one_off_run_settings(prefect_home: Path | None = None, api_url: str | None = None) -> Iterator[None]:
     """Prefect settings for a flow run started from our command line (not by a worker).
 
-    Prefect's flow heartbeat thread sleeps in 1-second steps and is joined when the run
-    ends, which adds up to a second to every run. Heartbeats let a Prefect automation mark
-    a vanished deployment run as crashed; deployment runs keep them. A CLI run reports its
-    own end, so it turns them off, unless ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` is set.
-    """
-    if os.environ.get(HEARTBEAT_ENV):
-        yield
-        return
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    Each applies only where the user's environment does not set it:
 
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    - ``PREFECT_HOME`` = ``prefect_home``: the project's own Prefect database, the one its
+      Prefect server (``make start-services``) and UI use, not the user's ``~/.prefect``;
+    - ``PREFECT_API_URL`` = ``api_url``: the project's running Prefect server, if any;
+    - no anonymous usage telemetry (with no network it logs an ERROR on every run);
+    - Prefect's temporary API server gets :data:`EPHEMERAL_STARTUP_TIMEOUT_S` to start;
+    - no flow heartbeats: the heartbeat thread sleeps in 1-second steps and is joined when
+      the run ends, which adds up to a second to every run. Heartbeats let a Prefect
+      automation mark a vanished deployment run as crashed; a CLI run reports its own end.
+    """
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_HOME,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    wanted: dict[Any, Any] = {
+        PREFECT_SERVER_ANALYTICS_ENABLED: False,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_TIMEOUT_S,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+    }
+    if prefect_home is not None:
+        wanted[PREFECT_HOME] = prefect_home
+    if api_url is not None:
+        wanted[PREFECT_API_URL] = api_url
+    updates = {setting: value for setting, value in wanted.items() if not os.environ.get(setting.name)}
+    with temporary_settings(updates=updates):
         yield
+
+
+def prefect_api_unreachable(exc: BaseException) -> str | None:
+    """A one-line explanation when ``exc`` is Prefect's "temporary server did not start" error."""
+    if not (isinstance(exc, RuntimeError) and _EPHEMERAL_TIMEOUT in str(exc)):
+        return None
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    waited = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+    return (
+        f"Prefect's temporary API server did not answer within {waited} s (its first start "
+        f"migrates a new database); set {STARTUP_TIMEOUT_ENV} to wait longer, "
+        "or start the project's Prefect server once with `make start-services`"
+    )
 
 
 def send_pending_prefect_records(timeout_s: float = 60.0) -> None:

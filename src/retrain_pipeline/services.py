@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from retrain_pipeline import tracking
 from retrain_pipeline.cli import host_argument, port_argument
 from retrain_pipeline.config import Settings, load_settings
 from retrain_pipeline.errors import PipelineError
@@ -143,8 +144,12 @@ def spec_for(name: str, settings: Settings, endpoints: Endpoints) -> ServiceSpec
                 "server",
                 "--backend-store-uri",
                 store,
-                "--artifacts-destination",
-                str(settings.mlflow.artifact_location),
+                # One artifact scheme in every mode: clients read and write the files under
+                # mlflow.artifact_location themselves, so what the server logged loads without
+                # it (no proxied mlflow-artifacts: URIs, which only this server could resolve).
+                "--default-artifact-root",
+                settings.mlflow.artifact_location.as_uri(),
+                "--no-serve-artifacts",
                 "--host",
                 endpoints.mlflow_host,
                 "--port",
@@ -242,11 +247,26 @@ def running_urls(settings: Settings) -> dict[str, str]:
 # --------------------------------------------------------------------------- start / stop
 
 
+def prepare(spec: ServiceSpec, settings: Settings) -> None:
+    """What a service needs before it starts: MLflow's store in today's artifact scheme."""
+    if spec.name == "mlflow":
+        tracking.repair_proxied_artifact_uris(settings.mlflow)
+
+
 def start(spec: ServiceSpec, settings: Settings, timeout: float = 120.0) -> str:
     """Start ``spec`` in the background unless it runs already; wait until it is ready."""
     record = recorded(settings, spec.name)
     if record is not None:
-        return f"{spec.name}: already running (pid {record['pid']}, {record['url']})"
+        running = f"{spec.name}: already running (pid {record['pid']}, {record['url']})"
+        argv = record.get("argv")
+        if argv != spec.argv:
+            shown = shlex.join(map(str, argv)) if isinstance(argv, list) else "an unknown command"
+            running += (
+                f"; it was started as `{shown}`, not as this version starts it: "
+                "`make stop` and start it again"
+            )
+        return running
+    prepare(spec, settings)
     run_dir(settings).mkdir(parents=True, exist_ok=True)
     log_file = _log_file(settings, spec.name)
     with log_file.open("ab") as log:
@@ -376,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(start(spec_for(name, settings, endpoints), settings, args.timeout), flush=True)
         elif args.command == "run":
             spec = spec_for(args.name, settings, endpoints)
+            prepare(spec, settings)
             print(f"{spec.name}: {shlex.join(spec.argv)} (Ctrl+C stops it)", flush=True)
             os.execve(spec.argv[0], spec.argv, spec.env)  # replaces this process; no shell
         elif args.command == "stop":

@@ -5,10 +5,14 @@ The only module that imports MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -35,9 +39,13 @@ def connect(config: MlflowConfig) -> str:
 
     MLflow's own HTTP retry settings get the configured bound and backoff, so an
     unreachable server fails after ``max_retries`` attempts instead of minutes later.
+    A local store is first repaired of artifact URIs only a server could resolve
+    (:func:`repair_proxied_artifact_uris`).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
+
+    repair_proxied_artifact_uris(config)
 
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.max_retries)
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(config.retry_backoff_factor)
@@ -58,6 +66,68 @@ def connect(config: MlflowConfig) -> str:
         return str(mlflow.create_experiment(config.experiment_name, artifact_location=location))
     except MlflowException as exc:
         raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+
+
+# --------------------------------------------------------------------------- one artifact scheme
+
+#: Where MLflow keeps artifact URIs in its database: (table, column).
+_ARTIFACT_URI_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+)
+# mlflow-artifacts:/1/models/m-1/artifacts or mlflow-artifacts://host:port/1/models/m-1/artifacts
+_PROXIED_URI = re.compile(r"^mlflow-artifacts:(?://[^/]*)?/(?P<path>.*)$")
+
+
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for any other store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def repair_proxied_artifact_uris(config: MlflowConfig) -> int:
+    """Rewrite ``mlflow-artifacts:`` URIs in the project's SQLite store as ``file:`` URIs.
+
+    Before this project used ``file:`` artifact URIs in every mode, ``make start-services``
+    ran MLflow with proxied artifacts (``--artifacts-destination``): everything logged
+    through that server got an ``mlflow-artifacts:/<path>`` URI that only the running HTTP
+    server can resolve, so without the services the champion could not be loaded. The
+    files themselves are in ``<mlflow.artifact_location>/<path>``, so the URI is rewritten
+    to point there. Idempotent and cheap when there is nothing to do; returns the number
+    of rewritten rows. Stores other than the project's SQLite file are left alone.
+    """
+    db_file = sqlite_file(config.tracking_uri)
+    if db_file is None or not db_file.is_file():
+        return 0
+    root = config.artifact_location.as_uri()
+    changed = 0
+    with contextlib.closing(sqlite3.connect(db_file, timeout=60)) as db, db:
+        for table, column in _ARTIFACT_URI_COLUMNS:
+            try:
+                rows = db.execute(
+                    f"SELECT DISTINCT {column} FROM {table} WHERE {column} LIKE 'mlflow-artifacts:%'"
+                ).fetchall()
+            except sqlite3.OperationalError:  # a store MLflow has not created yet
+                continue
+            for (old,) in rows:
+                match = _PROXIED_URI.match(old)
+                if match is None:
+                    continue
+                new = f"{root}/{match['path']}".rstrip("/")
+                cursor = db.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?", (new, old))
+                changed += cursor.rowcount
+    if changed:
+        logger.warning(
+            "Repaired %d MLflow artifact URI(s) in %s: mlflow-artifacts:/... (readable only through "
+            "the MLflow server of an earlier version) -> %s/...",
+            changed,
+            db_file,
+            root,
+        )
+    return changed
 
 
 def log_training_run(

@@ -130,4 +130,4 @@ def test_every_mode_trains_the_next_batch_on_one_store(journey: Project) -> None
             "select count(*) from flow_run where state_type = 'COMPLETED'"
         ).fetchone()
     assert completed_runs == 5
-    assert not (Path(p.env["HOME"]) / ".prefect").exists(), "a run wrote to the user's ~/.prefect"
+    assert not (Path(p.env["HOME"]) / ".prefect" / "prefect.db").exists(), "a run used ~/.prefect"

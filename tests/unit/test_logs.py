@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from prefect.settings import get_current_settings
 
 from retrain_pipeline.errors import DataValidationError
-from retrain_pipeline.logs import HEARTBEAT_ENV, DropPipelineTracebacks, one_off_run_settings
+from retrain_pipeline.logs import (
+    EPHEMERAL_STARTUP_TIMEOUT_S,
+    HEARTBEAT_ENV,
+    STARTUP_TIMEOUT_ENV,
+    DropPipelineTracebacks,
+    one_off_run_settings,
+    prefect_api_unreachable,
+)
 
 
 def test_one_off_runs_turn_prefect_heartbeats_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -21,10 +29,45 @@ def test_one_off_runs_turn_prefect_heartbeats_off(monkeypatch: pytest.MonkeyPatc
 
 def test_a_heartbeat_frequency_the_user_set_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(HEARTBEAT_ENV, "60")
-    before = get_current_settings().flows.heartbeat_frequency
-    assert before is not None  # Prefect's default (180 s) or the user's profile
     with one_off_run_settings():
-        assert get_current_settings().flows.heartbeat_frequency == before
+        assert get_current_settings().flows.heartbeat_frequency == 60
+
+
+def test_cli_runs_use_the_project_prefect_home_and_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED", STARTUP_TIMEOUT_ENV):
+        monkeypatch.delenv(name, raising=False)
+    with one_off_run_settings(tmp_path / ".prefect", "http://127.0.0.1:4999/api"):
+        current = get_current_settings()
+        assert current.home == tmp_path / ".prefect"
+        assert current.api.url == "http://127.0.0.1:4999/api"
+        assert current.server.analytics_enabled is False
+        assert current.server.ephemeral.startup_timeout_seconds == EPHEMERAL_STARTUP_TIMEOUT_S
+        # The temporary API server is a subprocess: it gets the same home through its environment.
+        exported = current.to_environment_variables(exclude_unset=True)
+        assert exported["PREFECT_HOME"] == str(tmp_path / ".prefect")
+    assert get_current_settings().home != tmp_path / ".prefect"
+
+
+def test_what_the_user_sets_in_the_environment_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "mine"))
+    monkeypatch.setenv(STARTUP_TIMEOUT_ENV, "300")
+    with one_off_run_settings(tmp_path / ".prefect", None):
+        current = get_current_settings()
+        assert current.home == tmp_path / "mine"
+        assert current.server.ephemeral.startup_timeout_seconds == 300
+
+
+def test_an_unreachable_temporary_api_gets_one_line_naming_the_setting() -> None:
+    with one_off_run_settings():
+        message = prefect_api_unreachable(
+            RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server. stdout: x")
+        )
+    assert message is not None and "\n" not in message
+    assert STARTUP_TIMEOUT_ENV in message and f"within {EPHEMERAL_STARTUP_TIMEOUT_S} s" in message
+    assert prefect_api_unreachable(RuntimeError("something else")) is None
+    assert prefect_api_unreachable(ValueError("Timed out while attempting to connect")) is None
 
 
 def test_pipeline_errors_lose_their_traceback_others_keep_it() -> None:
