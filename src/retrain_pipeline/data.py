@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
+import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 from sklearn.model_selection import train_test_split
 
@@ -90,8 +92,6 @@ def read_batch_file(path: Path, batch_number: int) -> pd.DataFrame:
 
 
 def _read_parquet(path: Path, batch_number: int) -> pd.DataFrame:
-    import pyarrow
-
     try:
         frame = pd.read_parquet(path)
     except (OSError, ValueError, pyarrow.ArrowException) as exc:
@@ -271,6 +271,107 @@ def require_classes(
         )
 
 
+# --------------------------------------------------------------------------- column kinds
+
+BOOL, INTEGER, FLOAT = "bool", "integer", "float"
+FEATURE_KINDS = (BOOL, INTEGER, FLOAT)
+FEATURE_KINDS_KEY = b"retrain_pipeline.feature_kinds"  # Parquet schema metadata of processed batches
+_KINDS_INFERRED = {"boolean": BOOL, "integer": INTEGER, "floating": FLOAT, "mixed-integer-float": FLOAT}
+
+
+def column_kind(column: pd.Series) -> str | None:
+    """``bool``, ``integer`` or ``float``: what a column arrived as, before the schema coerces it.
+
+    Nullable dtypes (``boolean``, ``Int64``, ``Float64``) and object columns that hold only
+    such values count the same. None for a column without values, or one holding text or
+    other types: the schema's type check reports those.
+    """
+    if column.isna().all():
+        return None
+    return _KINDS_INFERRED.get(pd.api.types.infer_dtype(column, skipna=True))
+
+
+def _whole_numbers(column: pd.Series) -> bool:
+    """Whether every non-missing value of a numeric column is a whole number (or infinite:
+    the schema reports infinite values itself)."""
+    values = column.dropna().to_numpy(dtype=float)
+    return bool(np.all(values == np.floor(values)))
+
+
+def feature_kinds(frame: pd.DataFrame, features: Sequence[str]) -> dict[str, str]:
+    """The kinds the first accepted batch fixes for its feature columns.
+
+    A float column with missing values and only whole numbers otherwise counts as integer:
+    that is how pandas reads an integer column with gaps. Columns without a kind are left out.
+    """
+    kinds: dict[str, str] = {}
+    for name in (f for f in features if f in frame.columns):
+        column = frame[name]
+        kind = column_kind(column)
+        if kind == FLOAT and column.isna().any() and _whole_numbers(column):
+            kind = INTEGER
+        if kind is not None:
+            kinds[name] = kind
+    return kinds
+
+
+def check_feature_kinds(
+    frame: pd.DataFrame,
+    features: Sequence[str],
+    fixed: Mapping[str, str] | None,
+    *,
+    batch_number: int,
+    file: str,
+    fixed_by: int,
+) -> None:
+    """Reject the batch when a feature column arrived as another kind than batch ``fixed_by`` fixed.
+
+    The kind must match, except that a float column holding only whole numbers (and maybe
+    gaps) is accepted where ``integer`` was fixed. Where no kind is recorded (``fixed`` is
+    None: a processed file from before kinds were recorded), integer and float are accepted
+    and bool is not. Columns without a kind are left to the schema.
+    """
+    problems = []
+    for name in (f for f in features if f in frame.columns):
+        found = column_kind(frame[name])
+        expected = fixed.get(name) if fixed is not None else None
+        if found is None or _kind_accepted(found, expected, frame[name]):
+            continue
+        wanted = f"{expected} (fixed by batch {fixed_by})" if expected else f"{INTEGER} or {FLOAT}"
+        problems.append(f"column {name!r}: expected {wanted}, found {found}")
+    if problems:
+        raise DataValidationError(batch_number, file, "; ".join(problems))
+
+
+def _kind_accepted(found: str, expected: str | None, column: pd.Series) -> bool:
+    if expected is None:
+        return found != BOOL
+    if found == FLOAT and expected == INTEGER:
+        return _whole_numbers(column)
+    return found == expected
+
+
+def recorded_feature_kinds(metadata: Mapping[bytes, bytes] | None) -> dict[str, str] | None:
+    """The feature kinds in a processed batch's Parquet schema metadata.
+
+    None when there are none (files written before kinds were recorded); ValueError when
+    the entry is not a JSON object of column name to kind.
+    """
+    raw = (metadata or {}).get(FEATURE_KINDS_KEY)
+    if raw is None:
+        return None
+    malformed = f"malformed {FEATURE_KINDS_KEY.decode()} metadata {raw[:200]!r}"
+    try:
+        kinds = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(malformed) from exc
+    if not isinstance(kinds, dict) or not all(
+        isinstance(name, str) and kind in FEATURE_KINDS for name, kind in kinds.items()
+    ):
+        raise ValueError(malformed)
+    return kinds
+
+
 # --------------------------------------------------------------------------- split and merge
 
 
@@ -411,6 +512,18 @@ def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
     """Write ``frame`` to ``path`` as Parquet, atomically."""
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
+
+
+def write_processed_batch(frame: pd.DataFrame, path: Path, kinds: Mapping[str, str]) -> None:
+    """Write an accepted batch to ``path`` as Parquet, atomically, with its feature kinds.
+
+    The kinds go into the schema metadata (``FEATURE_KINDS_KEY``, a JSON object); the
+    table itself is what ``write_parquet_atomic`` writes.
+    """
+    table = pyarrow.Table.from_pandas(frame, preserve_index=False)
+    metadata = {**(table.schema.metadata or {}), FEATURE_KINDS_KEY: json.dumps(dict(kinds)).encode()}
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(metadata), tmp)
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:

@@ -77,12 +77,20 @@ def load_batch(settings: Settings, batch_number: int) -> BatchInput | None:
 def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInput) -> TrainingData:
     """Validate the batch, split it, merge it with the earlier accepted batches of its window.
 
-    Writes the batch's processed file; the merged table is only cut into train and holdout.
+    The first accepted batch fixes the feature names and kinds (bool, integer, float) that
+    later batches must have. Writes the batch's processed file, with those kinds; the merged
+    table is only cut into train and holdout.
     """
     cfg, n = settings.data, batch.batch_number
     accepted = [k for k in state.accepted_batches(up_to=n) if k != n]
     earlier = data.training_window(accepted, cfg.window_batches)
-    features = _expected_features(settings, accepted, batch.frame)
+    first = _first_accepted(settings, accepted)
+    features = _expected_features(settings, first, batch.frame)
+    fixed = first.kinds if first else None
+    if first:
+        data.check_feature_kinds(
+            batch.frame, features, fixed, batch_number=n, file=batch.source, fixed_by=first.batch_number
+        )
     valid = data.validate_batch(
         batch.frame, data.schema_for(cfg, features), batch_number=n, file=batch.source
     )
@@ -97,19 +105,43 @@ def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInp
     parts = data.train_holdout(merged, cfg.target_column)
     del merged
     data.require_classes(parts.train_target, cfg.classes, batch_number=n, file=batch.source)
-    data.write_parquet_atomic(split, settings.processed_batch_file(n))
+    # Later batches pass the fixed kinds on; a first batch (or one after a legacy file) records its own.
+    kinds = fixed if fixed is not None else data.feature_kinds(batch.frame, features)
+    data.write_processed_batch(split, settings.processed_batch_file(n), kinds)
     return TrainingData(n, len(valid), parts, (*earlier, n), settings.processed_batch_file(n))
 
 
-def _expected_features(settings: Settings, earlier: list[int], frame: pd.DataFrame) -> list[str]:
+@dataclass(frozen=True)
+class _FirstBatch:
+    """What the processed file of the first accepted batch fixes for later batches."""
+
+    batch_number: int
+    columns: list[str]
+    kinds: dict[str, str] | None  # None: written before feature kinds were recorded
+
+
+def _first_accepted(settings: Settings, accepted: list[int]) -> _FirstBatch | None:
+    """Columns and feature kinds of the first accepted batch; None before any is accepted."""
+    if not accepted:
+        return None
+    path = _processed_path(settings, accepted[0])
+    schema = pq.read_schema(path)
+    try:
+        kinds = data.recorded_feature_kinds(schema.metadata)
+    except ValueError as exc:
+        raise StateError(
+            f"processed data of accepted batch {accepted[0]} ({path}) has {exc}; "
+            f"restore it (dvc checkout) or retrain batch {accepted[0]} with --force"
+        ) from exc
+    return _FirstBatch(accepted[0], schema.names, kinds)
+
+
+def _expected_features(settings: Settings, first: _FirstBatch | None, frame: pd.DataFrame) -> list[str]:
     """Declared features, else those of the first accepted batch, else this batch's columns."""
     target = settings.data.target_column
     if settings.data.feature_columns:
         return list(settings.data.feature_columns)
-    if earlier:
-        names = pq.read_schema(_processed_path(settings, earlier[0])).names
-    else:
-        names = [str(c) for c in frame.columns]
+    names = first.columns if first else [str(c) for c in frame.columns]
     return [c for c in names if c not in (target, data.SPLIT_COLUMN)]
 
 

@@ -12,12 +12,19 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from flows.automated_training_flow import automated_training_flow
 from retrain_pipeline.config import load_settings
-from retrain_pipeline.data import SPLIT_COLUMN, breast_cancer_dataset, parse_training_manifest
+from retrain_pipeline.data import (
+    SPLIT_COLUMN,
+    breast_cancer_dataset,
+    parse_training_manifest,
+    recorded_feature_kinds,
+    write_parquet_atomic,
+)
 from retrain_pipeline.errors import DataValidationError, StateError
 from retrain_pipeline.fileio import md5_file
 from retrain_pipeline.state import load_state
@@ -211,6 +218,64 @@ def test_landing_rejects_bad_batch_and_moves_on(make_project: Callable[..., Path
     state = load_state(settings.paths.state_file)
     assert state.processed_batches == [1, 3]
     assert state.batches["3"].training_rows_total == 120  # batches 1 and 3, never the rejected 2
+
+
+def test_landing_rejects_a_column_that_changed_type(make_project: Callable[..., Path]) -> None:
+    params = make_project(data={"source": "landing"})
+    root = params.parent
+    raw = breast_cancer_dataset(seed=2, target_column="target")
+    _landing(root, raw.iloc[0:60], "batch_1.csv")
+    _landing(root, raw.iloc[60:120].assign(mean_radius=True), "batch_2.csv")  # the schema coerces to 1.0
+    _landing(
+        root,
+        raw.iloc[120:180].assign(mean_texture=lambda f: f["mean_texture"].round().astype("int64")),
+        "batch_3.parquet",
+    )
+    assert run(params)["status"] == "completed"
+    settings = load_settings(params)
+    kinds = recorded_feature_kinds(pq.read_schema(settings.processed_batch_file(1)).metadata)
+    assert kinds == {c: "float" for c in raw.columns if c != "target"}
+
+    for n, file, problem in (
+        (2, "batch_2.csv", "column 'mean_radius': expected float (fixed by batch 1), found bool"),
+        (3, "batch_3.parquet", "column 'mean_texture': expected float (fixed by batch 1), found integer"),
+    ):
+        with pytest.raises(DataValidationError) as e:
+            run(params)
+        assert str(e.value).startswith(f"batch {n} rejected: ") and file in str(e.value)
+        assert e.value.problem == problem
+        record = load_state(settings.paths.state_file).batches[str(n)]
+        assert record.status == "rejected" and record.error is not None and record.error.endswith(problem)
+        (reason,) = settings.data.quarantine_dir.glob(f"batch_{n}.*.reason.txt")
+        assert problem in reason.read_text()
+        assert not settings.processed_batch_file(n).exists()
+
+    state = load_state(settings.paths.state_file)
+    assert state.processed_batches == [1]
+    assert sorted(runs_by_batch(params)) == ["1"]
+
+
+def test_project_from_before_recorded_kinds_accepts_numbers_but_not_bools(
+    make_project: Callable[..., Path],
+) -> None:
+    params = make_project(data={"source": "landing"})
+    root = params.parent
+    raw = breast_cancer_dataset(seed=4, target_column="target")
+    as_int = raw.iloc[60:120].assign(mean_texture=lambda f: f["mean_texture"].round().astype("int64"))
+    _landing(root, raw.iloc[0:60], "batch_1.csv")
+    _landing(root, as_int, "batch_2.parquet")
+    _landing(root, raw.iloc[120:180].assign(mean_radius=False), "batch_3.csv")
+    assert run(params)["status"] == "completed"
+    settings = load_settings(params)
+    first = settings.processed_batch_file(1)
+    write_parquet_atomic(pd.read_parquet(first), first)  # as processed files were written before
+    assert recorded_feature_kinds(pq.read_schema(first).metadata) is None
+
+    assert run(params)["status"] == "completed"  # integers where floats were seen: accepted
+    with pytest.raises(DataValidationError) as e:
+        run(params)
+    assert e.value.problem == "column 'mean_radius': expected integer or float, found bool"
+    assert load_state(settings.paths.state_file).processed_batches == [1, 2]
 
 
 def test_busy_lock_means_no_training(make_project: Callable[..., Path]) -> None:

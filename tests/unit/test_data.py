@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from pandera.errors import SchemaErrors
 
@@ -506,6 +507,217 @@ def test_describe_schema_errors_hides_dtype_checks() -> None:
     message = describe_schema_errors(failure_cases(frame))
     assert "dtype(" not in message
     assert message == "column 'b': missing value(s) (nan at row 2)"
+
+
+# --------------------------------------------------------------------------- column kinds
+
+
+def kinds_frame(**columns: object) -> pd.DataFrame:
+    """good_frame() with its feature columns replaced (a Series keeps its dtype)."""
+    return good_frame().assign(**columns)
+
+
+@pytest.mark.parametrize(
+    ("column", "kind"),
+    [
+        pytest.param(pd.Series([1.5, 2.0, 3.0]), "float", id="float64"),
+        pytest.param(pd.Series([1.0, 2.0, 3.0]), "float", id="float64-whole"),
+        pytest.param(pd.Series([1.5, np.nan, 3.0]), "float", id="float64-with-gap"),
+        pytest.param(pd.Series([1, 2, 3]), "integer", id="int64"),
+        pytest.param(pd.Series([1, 2, 3], dtype="uint8"), "integer", id="uint8"),
+        pytest.param(pd.Series([True, True, True]), "bool", id="bool"),
+        pytest.param(pd.Series([1, None, 3], dtype="Int64"), "integer", id="nullable-Int64"),
+        pytest.param(pd.Series([True, None, False], dtype="boolean"), "bool", id="nullable-boolean"),
+        pytest.param(pd.Series([1.5, None, 3.0], dtype="Float64"), "float", id="nullable-Float64"),
+        pytest.param(pd.Series([True, np.nan, False], dtype=object), "bool", id="object-bools-with-gap"),
+        pytest.param(pd.Series([1, 2.5, 3], dtype=object), "float", id="object-numbers"),
+        pytest.param(pd.Series(["1.0", "abc", "3"]), None, id="text"),
+        pytest.param(pd.Series([np.nan, np.nan, np.nan]), None, id="all-missing"),
+        pytest.param(pd.Series([None, None, None], dtype=object), None, id="all-missing-object"),
+    ],
+)
+def test_column_kind(column: pd.Series, kind: str | None) -> None:
+    assert data.column_kind(column) == kind
+
+
+def test_column_kind_of_csv_columns(landing: Path) -> None:
+    path = write_bytes(landing, "batch_1.csv", b"a,b,c,d,target\nTrue,1,1.5,1,0\nTrue,2,2.5,,1\n")
+    frame = read_batch_file(path, 1)
+    assert data.feature_kinds(frame, ["a", "b", "c", "d"]) == {
+        "a": "bool",
+        "b": "integer",
+        "c": "float",
+        "d": "integer",  # an integer column with a gap, which pandas reads as float
+    }
+
+
+def test_feature_kinds_fixed_by_a_first_batch() -> None:
+    frame = kinds_frame(
+        a=pd.Series([1.0, np.nan, 3.0]),  # whole numbers and a gap: an integer column
+        b=pd.Series([1.5, np.nan, 3.0]),
+        c=pd.Series(["x", "y", "z"]),  # text has no kind: the schema rejects it
+    )
+    assert data.feature_kinds(frame, ["a", "b", "c", "absent"]) == {"a": "integer", "b": "float"}
+
+
+FIXED = {"a": "float", "b": "integer"}
+
+KIND_MISMATCHES = [
+    pytest.param(
+        FIXED,
+        kinds_frame(a=[True, True, True]),
+        "column 'a': expected float (fixed by batch 1), found bool",
+        id="float-to-bool",
+    ),
+    pytest.param(
+        FIXED,
+        kinds_frame(a=[1, 2, 3]),
+        "column 'a': expected float (fixed by batch 1), found integer",
+        id="float-to-int",
+    ),
+    pytest.param(
+        FIXED,
+        kinds_frame(b=[1.5, 2.0, 3.0]),
+        "column 'b': expected integer (fixed by batch 1), found float",
+        id="int-to-float",
+    ),
+    pytest.param(
+        FIXED,
+        kinds_frame(b=pd.Series([0.5, None, 1.0], dtype="Float64")),
+        "column 'b': expected integer (fixed by batch 1), found float",
+        id="int-to-nullable-float",
+    ),
+    pytest.param(
+        FIXED,
+        kinds_frame(b=[False, True, False]),
+        "column 'b': expected integer (fixed by batch 1), found bool",
+        id="int-to-bool",
+    ),
+    pytest.param(
+        FIXED,
+        kinds_frame(a=pd.Series([True, None, False], dtype="boolean")),
+        "column 'a': expected float (fixed by batch 1), found bool",
+        id="float-to-nullable-boolean",
+    ),
+    pytest.param(
+        FIXED,
+        kinds_frame(a=pd.Series([1, None, 3], dtype="Int64")),
+        "column 'a': expected float (fixed by batch 1), found integer",
+        id="float-to-nullable-Int64",
+    ),
+    pytest.param(
+        {"a": "bool", "b": "integer"},
+        kinds_frame(a=[1.0, 0.0, 1.0]),
+        "column 'a': expected bool (fixed by batch 1), found float",
+        id="bool-to-float",
+    ),
+    pytest.param(
+        FIXED,
+        kinds_frame(a=[True, False, True], b=[0.5, 1.5, 2.5]),
+        "column 'a': expected float (fixed by batch 1), found bool; "
+        "column 'b': expected integer (fixed by batch 1), found float",
+        id="two-columns-one-line",
+    ),
+    pytest.param(
+        None,
+        kinds_frame(a=[True, True, True]),
+        "column 'a': expected integer or float, found bool",
+        id="legacy-bool",
+    ),
+    pytest.param(
+        {"b": "integer"},
+        kinds_frame(a=[True, True, True]),
+        "column 'a': expected integer or float, found bool",
+        id="no-kind-recorded-for-the-column",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fixed", "frame", "problem"), KIND_MISMATCHES)
+def test_check_feature_kinds_rejects(fixed: dict[str, str] | None, frame: pd.DataFrame, problem: str) -> None:
+    with pytest.raises(DataValidationError) as e:
+        data.check_feature_kinds(
+            frame, FEATURES, fixed, batch_number=4, file="landing/batch_4.csv", fixed_by=1
+        )
+
+    assert_names_batch_and_file(e.value, 4, "landing/batch_4.csv")
+    assert e.value.problem == problem
+
+
+KIND_MATCHES = [
+    pytest.param(FIXED, kinds_frame(a=[1.5, 2.5, 3.5], b=[1, 2, 3]), id="same-kinds"),
+    pytest.param(FIXED, kinds_frame(a=[1.0, 2.0, 3.0]), id="whole-floats-where-float"),
+    pytest.param(FIXED, kinds_frame(a=[1.0, np.nan, 3.0]), id="float-with-gap-of-whole-numbers"),
+    pytest.param(FIXED, kinds_frame(b=[1.0, np.nan, 3.0]), id="int-with-gap-arrives-as-float"),
+    pytest.param(FIXED, kinds_frame(b=[1.0, 2.0, 3.0]), id="whole-floats-where-int"),
+    pytest.param(
+        FIXED,
+        kinds_frame(a=pd.Series([1.5, None, 2.5], dtype="Float64"), b=pd.Series([1, None, 3], dtype="Int64")),
+        id="nullable-dtypes",
+    ),
+    pytest.param(
+        {"a": "bool", "b": "bool"},
+        kinds_frame(a=[True, False, True], b=pd.Series([True, None, False], dtype="boolean")),
+        id="bools-where-bool",
+    ),
+    pytest.param(None, kinds_frame(a=[1.5, 2.5, 3.5], b=[1, 2, 3]), id="legacy-int-and-float"),
+    pytest.param(FIXED, kinds_frame(a=["1.0", "abc", "3"]), id="text-is-left-to-the-schema"),
+    pytest.param(FIXED, kinds_frame(a=[np.nan] * 3), id="all-missing-is-left-to-the-schema"),
+    pytest.param(FIXED, good_frame().drop(columns="a"), id="missing-column-is-left-to-the-schema"),
+    pytest.param(FIXED, good_frame().iloc[0:0], id="no-rows"),
+]
+
+
+@pytest.mark.parametrize(("fixed", "frame"), KIND_MATCHES)
+def test_check_feature_kinds_accepts(fixed: dict[str, str] | None, frame: pd.DataFrame) -> None:
+    data.check_feature_kinds(frame, FEATURES, fixed, batch_number=4, file="batch_4.csv", fixed_by=1)
+
+
+def test_check_feature_kinds_accepts_the_kinds_a_batch_fixes() -> None:
+    frame = kinds_frame(a=[True, False, True], b=pd.Series([1, None, 3], dtype="Int64"))
+    kinds = data.feature_kinds(frame, FEATURES)
+    data.check_feature_kinds(frame, FEATURES, kinds, batch_number=2, file="f.csv", fixed_by=1)
+
+
+def test_bool_csv_column_is_rejected_where_float_was_fixed(landing: Path) -> None:
+    first = read_batch_file(write_bytes(landing, "batch_1.csv", b"a,b,target\n1.5,2.5,0\n2.5,3.5,1\n"), 1)
+    path = write_bytes(landing, "batch_2.csv", b"a,b,target\nTrue,2.5,0\nTrue,3.5,1\n")
+    second = read_batch_file(path, 2)
+    # The schema alone coerces True to 1.0 and accepts the batch; the kind check does not.
+    assert len(validate_batch(second, schema(), batch_number=2, file=str(path))) == 2
+
+    with pytest.raises(DataValidationError) as e:
+        data.check_feature_kinds(
+            second, FEATURES, data.feature_kinds(first, FEATURES), batch_number=2, file=str(path), fixed_by=1
+        )
+    assert (
+        str(e.value) == f"batch 2 rejected: {path}: column 'a': expected float (fixed by batch 1), found bool"
+    )
+
+
+def test_processed_batch_keeps_its_data_and_records_the_kinds(tmp_path: Path) -> None:
+    path = tmp_path / "batches" / "batch_1.parquet"
+    frame = good_frame().assign(**{SPLIT_COLUMN: [TRAIN, HOLDOUT, TRAIN]})
+    data.write_processed_batch(frame, path, {"a": "float", "b": "integer"})
+
+    pd.testing.assert_frame_equal(pd.read_parquet(path), frame)
+    assert data.recorded_feature_kinds(pq.read_schema(path).metadata) == {"a": "float", "b": "integer"}
+    assert os.listdir(path.parent) == ["batch_1.parquet"]
+
+
+def test_processed_file_without_kinds_is_legacy(tmp_path: Path) -> None:
+    path = tmp_path / "batch_1.parquet"
+    write_parquet_atomic(good_frame(), path)  # how processed batches were written before
+    assert data.recorded_feature_kinds(pq.read_schema(path).metadata) is None
+    assert data.recorded_feature_kinds(None) is None
+
+
+@pytest.mark.parametrize(
+    "raw", [b"not json", b'["a"]', b'{"a": "text"}', b'{"a": 1}'], ids=["not-json", "list", "kind", "number"]
+)
+def test_malformed_recorded_kinds_are_refused(raw: bytes) -> None:
+    with pytest.raises(ValueError, match=r"^malformed retrain_pipeline\.feature_kinds metadata"):
+        data.recorded_feature_kinds({data.FEATURE_KINDS_KEY: raw})
 
 
 # --------------------------------------------------------------------------- require_classes
