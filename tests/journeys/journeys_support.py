@@ -35,7 +35,19 @@ def copy_project(repo: Path, target: Path) -> Path:
         shutil.copy2(source, destination)  # keeps mtimes: the install stamp stays newer
     for installed in (".venv", ".tools"):
         (target / installed).symlink_to(repo / installed, target_is_directory=True)
+    keep_installed(target)
     return target
+
+
+def keep_installed(root: Path) -> None:
+    """Date the copy's dependency files before the shared install stamp.
+
+    Otherwise a ``pyproject.toml`` edited after ``make install`` makes every ``make`` in the
+    copy run ``poetry install --sync`` into the shared ``.venv`` while other tests use it.
+    """
+    stamp = (root / ".venv" / ".installed").stat().st_mtime
+    for name in ("pyproject.toml", "poetry.lock"):
+        os.utime(root / name, (stamp - 1, stamp - 1))
 
 
 @dataclass

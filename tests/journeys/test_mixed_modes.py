@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 from journeys_support import Project
@@ -39,8 +40,8 @@ def _champion_predicts(tracking_uri: str) -> int:
         client = MlflowClient(tracking_uri)
         version = client.get_model_version_by_alias(MODEL, "champion")
         model = mlflow.sklearn.load_model(f"models:/{MODEL}@champion")
-        features = list(model.feature_names_in_)
-        assert len(model.predict([[0.0] * len(features)])) == 1
+        row = pd.DataFrame([[0.0] * len(model.feature_names_in_)], columns=model.feature_names_in_)
+        assert len(model.predict(row)) == 1
         return int(version.version)
     finally:
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
