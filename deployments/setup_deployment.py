@@ -5,6 +5,13 @@
 Needs a running Prefect server (``PREFECT_API_URL``; ``make start-services`` starts one).
 Running it again updates the deployment (same name), never duplicates it, and resumes a
 schedule that ``automation.pause_when_done`` paused.
+
+Crashed workers: the deployment's runs send a Prefect heartbeat event every
+``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (30 unless that variable is set when deploying),
+and an automation named after the deployment marks a run Crashed once
+:data:`MISSED_HEARTBEATS` heartbeats in a row are missing (its worker or machine died). Crashed
+releases the run's deployment concurrency slot, so the next scheduled run starts; the
+pipeline lock (a ``flock``) was already freed by the kernel when the run's process died.
 """
 
 from __future__ import annotations
@@ -14,25 +21,44 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
 from prefect import Flow, get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy, FlowRun
+from prefect.client.schemas.objects import (
+    ConcurrencyLimitConfig,
+    ConcurrencyLimitStrategy,
+    FlowRun,
+    StateType,
+)
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+from prefect.events.schemas.events import ResourceSpecification
 from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 
 from retrain_pipeline.config import Settings, load_settings
 from retrain_pipeline.errors import ConfigError, PipelineError
+from retrain_pipeline.logs import HEARTBEAT_ENV
 
 logger = logging.getLogger(__name__)
 
 # The project this script belongs to (its own folder, not wherever an import would find ``flows``):
 # workers run the flow file from here.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+FLOW_NAME = "automated-training"
 ENTRYPOINT = "flows/automated_training_flow.py:automated_training_flow"
+
+DEFAULT_HEARTBEAT_S = 30  # Prefect's minimum; its own default (180 s) would take 9 minutes to notice
+MIN_HEARTBEAT_S = 30  # Prefect refuses lower values (its setting has ge=30)
+# A run is declared dead after this many heartbeat periods without one (Prefect's recipe:
+# 30 s heartbeats, a 90 s window). One missed heartbeat alone can be a slow network or API.
+MISSED_HEARTBEATS = 3
+TERMINAL_EVENTS = ("Completed", "Failed", "Cancelled", "Crashed")
 
 
 class DeploymentError(PipelineError):
@@ -52,10 +78,24 @@ def ensure_process_pool(name: str) -> bool:
     return False
 
 
-def deploy(settings: Settings, tracking_uri: str | None) -> UUID:
-    """Create or update the deployment; returns its id."""
+def heartbeat_seconds(environ: Mapping[str, str]) -> int:
+    """The heartbeat period of deployment runs: ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` if set, else 30 s."""
+    text = environ.get(HEARTBEAT_ENV, "").strip()
+    if not text:
+        return DEFAULT_HEARTBEAT_S
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{HEARTBEAT_ENV}={text!r} is not a whole number of seconds") from None
+    if value < MIN_HEARTBEAT_S:
+        raise ConfigError(f"{HEARTBEAT_ENV}={value}: Prefect needs at least {MIN_HEARTBEAT_S} seconds")
+    return value
+
+
+def deploy(settings: Settings, tracking_uri: str | None, heartbeat_s: int = DEFAULT_HEARTBEAT_S) -> UUID:
+    """Create or update the deployment; returns its id. Its runs send a heartbeat every ``heartbeat_s``."""
     auto = settings.automation
-    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", HEARTBEAT_ENV: str(heartbeat_s)}
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     # from_source is typed "Flow | Coroutine" (sync/async dual); called synchronously it is a Flow.
@@ -76,6 +116,91 @@ def deploy(settings: Settings, tracking_uri: str | None) -> UUID:
         print_next_steps=False,
     )
     return UUID(str(deployment_id))
+
+
+def crash_automation_name(deployment_name: str) -> str:
+    return f"{FLOW_NAME}/{deployment_name}: crash runs without heartbeats"
+
+
+def crash_automation(deployment_id: UUID, deployment_name: str, heartbeat_s: int) -> AutomationCore:
+    """Mark a run of this deployment Crashed when its heartbeats stop (Prefect's zombie-run recipe).
+
+    Proactive trigger: after each heartbeat of a flow run, expect another heartbeat or a
+    terminal state of the same run within ``MISSED_HEARTBEATS * heartbeat_s`` seconds.
+    Prefect's triggers service checks expired windows every 5 s, so a run is Crashed
+    between ``(MISSED_HEARTBEATS - 1) * heartbeat_s`` and ``MISSED_HEARTBEATS * heartbeat_s + 5``
+    seconds after its process died.
+    """
+    window = timedelta(seconds=MISSED_HEARTBEATS * heartbeat_s)
+    return AutomationCore(
+        name=crash_automation_name(deployment_name),
+        description=(
+            f"Created by deployments/setup_deployment.py for {FLOW_NAME}/{deployment_name}: a run "
+            f"that sends no heartbeat for {window.total_seconds():.0f} s is marked Crashed, which "
+            "frees its deployment concurrency slot for the next run."
+        ),
+        enabled=True,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in TERMINAL_EVENTS)},
+            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+            match_related=ResourceSpecification(
+                {
+                    "prefect.resource.role": "deployment",
+                    "prefect.resource.id": f"prefect.deployment.{deployment_id}",
+                }
+            ),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=window,
+        ),
+        actions=[
+            ChangeFlowRunState(
+                name=None,
+                state=StateType.CRASHED,
+                force=False,
+                message=(
+                    f"No heartbeat for {window.total_seconds():.0f} s: the run stopped sending "
+                    "heartbeats (its worker or machine died)."
+                ),
+            )
+        ],
+    )
+
+
+def ensure_automation(automation: AutomationCore) -> tuple[UUID, str]:
+    """Create the automation, or update the one with its name; returns its id and what was done.
+
+    An unchanged automation is left alone: an update gives its trigger a new id on the
+    server, which drops the open heartbeat windows, so a run that died just before a
+    redeploy would never be marked Crashed. Extra automations of the same name are deleted.
+    """
+    with get_client(sync_client=True) as client:
+        existing = client.read_automations_by_name(automation.name)  # newest first
+        if not existing:
+            return client.create_automation(automation), "created"
+        keep, *duplicates = existing
+        for duplicate in duplicates:
+            client.delete_automation(duplicate.id)
+        if same_definition(keep, automation):
+            return keep.id, "unchanged"
+        client.update_automation(keep.id, automation)
+        return keep.id, "updated"
+
+
+def same_definition(current: AutomationCore, wanted: AutomationCore) -> bool:
+    """True when ``current`` (as read from the API) already does what ``wanted`` describes."""
+    fields = (
+        "name",
+        "description",
+        "enabled",
+        "trigger",
+        "actions",
+        "actions_on_trigger",
+        "actions_on_resolve",
+    )
+    return all(getattr(current, name) == getattr(wanted, name) for name in fields)
 
 
 def run_now(deployment_id: UUID) -> FlowRun:
@@ -124,14 +249,23 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(params if params.is_file() else None, default_root=PROJECT_ROOT)
         if args.params and not params.is_file():
             raise ConfigError(f"params file not found: {params}")
+        heartbeat_s = heartbeat_seconds(os.environ)
         created = ensure_process_pool(settings.automation.work_pool)
-        deployment_id = deploy(settings, tracking_uri)
+        deployment_id = deploy(settings, tracking_uri, heartbeat_s)
         auto = settings.automation
+        automation = crash_automation(deployment_id, auto.deployment_name, heartbeat_s)
+        automation_id, done = ensure_automation(automation)
         print(
             f"work pool {auto.work_pool!r} ({'created' if created else 'exists'}, type process); "
-            f"deployment 'automated-training/{auto.deployment_name}' ({deployment_id}): "
+            f"deployment '{FLOW_NAME}/{auto.deployment_name}' ({deployment_id}): "
             f"cron {auto.cron_schedule!r} {auto.timezone}, concurrency 1 (cancel new), "
             f"working dir {PROJECT_ROOT}, tracking {tracking_uri or settings.mlflow.tracking_uri}",
+            flush=True,
+        )
+        print(
+            f"automation {automation.name!r} ({done}, {automation_id}): runs send a heartbeat every "
+            f"{heartbeat_s} s ({HEARTBEAT_ENV}); a run silent for {MISSED_HEARTBEATS * heartbeat_s} s "
+            "(its worker or machine died) is marked Crashed and frees the deployment's slot",
             flush=True,
         )
         if args.run_now:
