@@ -19,7 +19,6 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
-from retrain_pipeline import services
 from retrain_pipeline.batch_manager import choose_batch, pause_schedule, record_batch
 from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings
 from retrain_pipeline.data_tasks import (
@@ -48,6 +47,7 @@ from retrain_pipeline.model_tasks import (
     train,
 )
 from retrain_pipeline.reporting import training_report
+from retrain_pipeline.services import prefect_home, running_urls
 from retrain_pipeline.state import (
     BatchRecord,
     PipelineBusyError,
@@ -262,10 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # The project's servers, when `make start-services` runs them: the same run, same stores.
-    running = services.running_urls(settings)
+    running = running_urls(settings)
     if "mlflow" in running and not os.environ.get("MLFLOW_TRACKING_URI"):
         os.environ["MLFLOW_TRACKING_URI"] = running["mlflow"]
-    with one_off_run_settings(services.prefect_home(settings), running.get("prefect")):
+    with one_off_run_settings(prefect_home(settings), running.get("prefect")):
         while True:
             try:
                 outcome = automated_training_flow(
