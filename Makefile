@@ -77,7 +77,7 @@ stop-services: install ## Stop the worker and the servers that start-services st
 services-status: install ## Which of prefect, mlflow, worker are running
 	@$(SERVICES) status --params "$$PARAMS"
 
-deploy: install ## Register the cron deployment on the process work pool (needs start-services)
+deploy: install ## Register the cron deployment and its crashed-run automation (needs start-services)
 	env $(SERVICES_ENV) $(PY) deployments/setup_deployment.py --params "$$PARAMS"
 
 start-worker: install ## Run a process worker for the pool in the foreground (Ctrl+C stops it)
