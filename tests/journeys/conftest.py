@@ -34,3 +34,10 @@ def project(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Project]:
     finally:
         proj.make("stop", check=False, timeout=120)
         print("\n".join(proj.log))
+
+
+@pytest.fixture
+def journey(project: Project) -> Project:
+    """A project copy whose cron does not fire: only the runs the journey starts happen."""
+    project.without_cron_ticks()
+    return project

@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
+NEVER = "0 0 1 1 *"  # a cron that does not fire during a test: only the runs a journey starts
 
 
 def committed_files(repo: Path) -> list[str]:
@@ -80,6 +83,13 @@ class Project:
                 f"\n--- stderr\n{result.stderr[-4000:]}"
             )
         return result
+
+    def without_cron_ticks(self) -> None:
+        """Set the schedule to a cron that does not fire during the test."""
+        params_file = self.root / "params.yaml"
+        params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+        params["automation"]["cron_schedule"] = NEVER
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
     def state(self) -> dict[str, Any]:
         return dict(json.loads((self.root / "batch_state.json").read_text(encoding="utf-8")))

@@ -16,13 +16,10 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-import pytest
-import yaml
 from journeys_support import Project
 from mlflow import MlflowClient
 
 MODEL = "breast-cancer-classifier"
-NEVER = "0 0 1 1 *"  # no cron tick during the test: only the runs the journey starts
 
 
 def _store(project: Project) -> str:
@@ -54,15 +51,6 @@ def _completed(project: Project) -> list[int]:
 
 def _last_line(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture
-def journey(project: Project) -> Project:
-    params_file = project.root / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    params["automation"]["cron_schedule"] = NEVER
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    return project
 
 
 def test_every_mode_trains_the_next_batch_on_one_store(journey: Project) -> None:

@@ -25,14 +25,11 @@ from typing import Any, TypeVar
 
 import filelock
 import httpx
-import pytest
-import yaml
 from journeys_support import Project
 from mlflow import MlflowClient
 
 from deployments.setup_deployment import DEFAULT_HEARTBEAT_S, MISSED_HEARTBEATS, crash_automation_name
 
-NEVER = "0 0 1 1 *"  # no cron tick during the test: only the runs the journey starts
 DEPLOYMENT_NAME = "automated-retraining"
 WINDOW_S = MISSED_HEARTBEATS * DEFAULT_HEARTBEAT_S
 T = TypeVar("T")
@@ -111,15 +108,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError):
         return None
-
-
-@pytest.fixture
-def journey(project: Project) -> Project:
-    params_file = project.root / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    params["automation"]["cron_schedule"] = NEVER
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    return project
 
 
 def test_killed_worker_run_ends_crashed_and_the_next_run_trains_the_batch(journey: Project) -> None:
