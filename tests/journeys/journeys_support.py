@@ -98,12 +98,36 @@ class Project:
         return dict(json.loads(self.make("status", JSON="1").stdout))
 
 
+#: What the Makefile exports to its recipes (and make to its children). ``make test`` runs
+#: pytest with them set for *this* checkout: a journey must not inherit them, or its make
+#: commands would act on this checkout (``PARAMS``) instead of the copy.
+MAKE_VARIABLES = (
+    "PARAMS",
+    "BATCH",
+    "VERSION",
+    "REASON",
+    "WAIT",
+    "FORCE",
+    "JSON",
+    "PREFECT_HOST",
+    "PREFECT_PORT",
+    "MLFLOW_HOST",
+    "MLFLOW_PORT",
+    "MAKEFLAGS",
+    "MFLAGS",
+    "MAKELEVEL",
+    "MAKEOVERRIDES",
+)
+
+
 def journey_env(ports: dict[str, int], home: Path) -> dict[str, str]:
-    """The user's shell: no Prefect or MLflow settings, an empty home; the ports as make variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    """The user's shell: no Prefect, MLflow or make settings, an empty home; the ports as make variables."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "PREFECT_")) and k not in MAKE_VARIABLES
+    }
     env["HOME"] = str(home)
-    env.pop("MAKEFLAGS", None)
-    env.pop("MFLAGS", None)
     env.update(
         PREFECT_PORT=str(ports["prefect"]),
         MLFLOW_PORT=str(ports["mlflow"]),
