@@ -58,14 +58,14 @@ ENDPOINTS := --prefect-host "$$PREFECT_HOST" --prefect-port "$$PREFECT_PORT" \
 # Deploying and triggering talk to the running services. (Flow runs find them by themselves.)
 SERVICES_ENV = $$($(SERVICES) env --params "$$PARAMS")
 
-run: setup ## Process the next batch once (no services needed; uses them when they run)
+run: install ## Process the next batch once (no services needed; uses them when they run)
 	$(PY) flows/automated_training_flow.py --params "$$PARAMS"
 
-run-manual: setup ## Process batch BATCH=N (add FORCE=1 to retrain a completed batch)
+run-manual: install ## Process batch BATCH=N (add FORCE=1 to retrain a completed batch)
 	@test -n "$$BATCH" || { echo "usage: make run-manual BATCH=N [FORCE=1]" >&2; exit 2; }
 	$(PY) flows/automated_training_flow.py "$$BATCH" --params "$$PARAMS" $(if $(FORCE),--force,)
 
-run-all: setup ## Process every pending batch now, one flow run each, without the schedule
+run-all: install ## Process every pending batch now, one flow run each, without the schedule
 	$(PY) flows/automated_training_flow.py --all --params "$$PARAMS"
 
 start-services: setup ## Start Prefect (PREFECT_HOST:PREFECT_PORT) and MLflow (MLFLOW_HOST:MLFLOW_PORT) servers

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from journeys_support import REPO, Project, copy_project, journey_env
+from journeys_support import REPO, Project, copy_project, journey_env, kill_recorded_services
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,8 +32,13 @@ def project(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Project]:
     try:
         yield proj
     finally:
-        proj.make("stop", check=False, timeout=120)
+        stopped = proj.make("stop", check=False, timeout=120)
         print("\n".join(proj.log))
+        leftovers = kill_recorded_services(root)
+        assert stopped.returncode == 0 and not leftovers, (
+            f"make stop exited {stopped.returncode} ({stopped.stderr[-2000:]}); "
+            f"killed what it left running: {leftovers}"
+        )
 
 
 @pytest.fixture

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from retrain_pipeline import services
+from retrain_pipeline.config import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 NEVER = "0 0 1 1 *"  # a cron that does not fire during a test: only the runs a journey starts
@@ -67,6 +73,7 @@ class Project:
     ) -> subprocess.CompletedProcess[str]:
         """``make TARGET... VAR=value...`` in the project; fails with its output unless ``check`` is off."""
         argv = ["make", "--no-print-directory", *targets, *(f"{k}={v}" for k, v in variables.items())]
+        started = time.monotonic()
         result = subprocess.run(
             argv,
             cwd=self.root,
@@ -76,7 +83,8 @@ class Project:
             timeout=timeout,
             check=False,
         )
-        self.log.append(f"$ {' '.join(argv)}  -> exit {result.returncode}")
+        took = time.monotonic() - started
+        self.log.append(f"$ {' '.join(argv)}  -> exit {result.returncode} in {took:.1f} s")
         if check and result.returncode != 0:
             raise AssertionError(
                 f"{' '.join(argv)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
@@ -135,3 +143,23 @@ def journey_env(ports: dict[str, int], home: Path) -> dict[str, str]:
         PREFECT_WORKER_QUERY_SECONDS="2",
     )
     return env
+
+
+def kill_recorded_services(root: Path) -> list[str]:
+    """SIGKILL the process group of every live service whose pid file ``make stop`` left behind.
+
+    A journey must never leave servers running, even when its ``make stop`` failed. Only
+    processes that pass the services' own liveness check (pid alive and its marker in the
+    command line) are killed, never a reused pid.
+    """
+    settings = load_settings(root / "params.yaml")
+    killed = []
+    for name in services.SERVICE_NAMES:
+        record = services.recorded(settings, name)
+        if record is None:
+            continue
+        pid = int(str(record["pid"]))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        killed.append(f"{name} (pid {pid})")
+    return killed
