@@ -45,3 +45,10 @@ def project(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Project]:
         print("\n".join(proj.log))
         if leftovers:
             warnings.warn(f"{outcome}; killed what it left running: {leftovers}", stacklevel=1)
+
+
+@pytest.fixture
+def journey(project: Project) -> Project:
+    """A project copy whose cron does not fire: only the runs the journey starts happen."""
+    project.without_cron_ticks()
+    return project
