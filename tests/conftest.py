@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from retrain_pipeline.postgres import LocalPostgres
 
 # Small and fast, but the same code paths as the shipped params.yaml.
 BASE_PARAMS: dict[str, Any] = {
@@ -47,6 +49,8 @@ def free_port() -> Callable[[], int]:
 def make_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
     """Write ``params.yaml`` (BASE_PARAMS + overrides) into a fresh folder; returns its path."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RETRAIN_STATE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("RETRAIN_DVC_REMOTE", raising=False)
 
     def _make(name: str = "project", **overrides: Any) -> Path:
         root = tmp_path / name
@@ -56,3 +60,27 @@ def make_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..
         return params
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server (from the OS packages) for the whole session, on a free port.
+
+    Not skipped when PostgreSQL is missing: the error says how to install it (``.ci/run``
+    installs it on CI machines).
+    """
+    server = LocalPostgres(tmp_path_factory.mktemp("postgres") / "server", port=_free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres: LocalPostgres, request: pytest.FixtureRequest) -> str:
+    """A fresh database on the session's PostgreSQL; returns its postgresql:// URL."""
+    name = "t_" + "".join(ch if ch.isalnum() else "_" for ch in request.node.name.lower())[:50]
+    name = f"{name}_{_free_port()}"
+    postgres.create_database(name)
+    return postgres.url(name)

@@ -3,7 +3,8 @@
 Every relative path in the file (including the SQLite file inside ``sqlite:///`` tracking
 URIs) is resolved against the folder that holds the params file, never against the
 current directory. ``MLFLOW_TRACKING_URI`` in the environment overrides
-``mlflow.tracking_uri``. An unknown key, a wrong type or an impossible value raises
+``mlflow.tracking_uri``; ``RETRAIN_STATE_DATABASE_URL`` and ``RETRAIN_DVC_REMOTE`` override
+``stores.state_database_url`` and ``stores.dvc_remote``. An unknown key, a wrong type or an impossible value raises
 :class:`ConfigError` naming the file and the key.
 """
 
@@ -12,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -50,6 +53,8 @@ ESTIMATORS: dict[str, str] = {
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # pool and deployment names
 _TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 _REMOTE_SCHEMES = ("http", "https", "databricks")
+#: Environment variables that override ``stores`` keys (how ``.cluster/env`` points a clone at a cluster).
+ENV_OVERRIDES = {"RETRAIN_STATE_DATABASE_URL": "state_database_url", "RETRAIN_DVC_REMOTE": "dvc_remote"}
 
 
 def _root(info: ValidationInfo) -> Path:
@@ -233,6 +238,9 @@ class MlflowConfig(_Section):
     max_retries: int = Field(default=3, ge=0, le=20)
     retry_backoff_factor: int = Field(default=2, ge=0, le=60)  # waits factor * 2**(n-1) s
     request_timeout_seconds: int = Field(default=30, gt=0, le=600)
+    # For the MLflow server this project starts (make start-services / mlflow-ui): true
+    # proxies artifacts (stored under artifact_location), so clients need only its http URI.
+    serve_artifacts: bool = False
 
     @field_validator("tracking_uri")
     @classmethod
@@ -253,6 +261,25 @@ class AutomationConfig(_Section):
     work_pool: str = Field(default="retraining-pool", pattern=_NAME_PATTERN)
     deployment_name: str = Field(default="automated-retraining", pattern=_NAME_PATTERN)
     pause_when_done: bool = True
+    # Where workers get the flow's code: null = this project's folder (workers on this
+    # machine); a Git URL (https://, ssh://, git@host:path, file://) that every worker clones.
+    code_source: str | None = None
+    code_branch: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,199}$")
+
+    @field_validator("code_source")
+    @classmethod
+    def _git_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if any(ch.isspace() or ord(ch) < 32 for ch in value) or value.startswith("-"):
+            raise ValueError("a Git URL must not contain whitespace or start with '-'")
+        if not re.match(r"^(https?|ssh|git|file)://\S+$|^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:\S+$", value):
+            raise ValueError(
+                "expected a Git URL: https://host/repo.git, ssh://git@host/repo.git, git@host:repo.git "
+                "or file:///path/to/repo"
+            )
+        return value
 
     @field_validator("cron_schedule")
     @classmethod
@@ -275,6 +302,64 @@ class AutomationConfig(_Section):
         return value
 
 
+class StoresConfig(_Section):
+    """Stores shared by several machines; None keeps today's local ones."""
+
+    # postgresql://user[:password]@host[:port]/database: batch state and run lock in PostgreSQL
+    state_database_url: str | None = None
+    # A DVC remote (a path, or a URL DVC knows: s3://, gs://, ssh://, ...): every accepted
+    # batch file, training-data manifest and model is pushed there in the run that made it.
+    dvc_remote: str | None = None
+
+    @field_validator("state_database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return validate_postgres_url(value.strip())
+
+    @field_validator("dvc_remote")
+    @classmethod
+    def _remote(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if any(ch.isspace() or ord(ch) < 32 for ch in value):
+            raise ValueError("a DVC remote must not contain whitespace or control characters")
+        scheme, sep, _ = value.partition("://")
+        if sep:
+            if not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme):
+                raise ValueError(f"invalid URL scheme {scheme!r}")
+            if scheme == "file":
+                return str(Path(value[len("file://") :]).resolve())
+            return value
+        return str((_root(info) / Path(value).expanduser()).resolve())
+
+
+def validate_postgres_url(url: str) -> str:
+    """Accept ``postgresql://`` (or ``postgres://``, ``postgresql+psycopg2://``) URLs with a database."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres", "postgresql+psycopg2"):
+        raise ValueError("expected a postgresql://user@host:port/database URL")
+    if not parts.path.strip("/"):
+        raise ValueError(f"{redact_url(url)!r} names no database (postgresql://user@host:port/database)")
+    try:
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        raise ValueError(f"{redact_url(url)!r}: {exc}") from None
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
 class PathsConfig(_Section):
     """Where the pipeline writes its outputs."""
 
@@ -294,6 +379,7 @@ class Settings(_Section):
     mlflow: MlflowConfig = Field(default_factory=dict)  # type: ignore[assignment]
     automation: AutomationConfig = Field(default_factory=dict)  # type: ignore[assignment]
     paths: PathsConfig = Field(default_factory=dict)  # type: ignore[assignment]
+    stores: StoresConfig = Field(default_factory=dict)  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _versioned_outputs_inside_root(self) -> Settings:
@@ -359,6 +445,11 @@ class Settings(_Section):
         section = data.get("mlflow")
         if env_uri and (section is None or isinstance(section, dict)):  # else: reported below
             data["mlflow"] = {**(section or {}), "tracking_uri": env_uri}
+        for env_name, key in ENV_OVERRIDES.items():
+            env_value = os.environ.get(env_name, "").strip()
+            stores = data.get("stores")
+            if env_value and (stores is None or isinstance(stores, dict)):
+                data["stores"] = {**(stores or {}), key: env_value}
         root = root.resolve()
         try:
             return cls.model_validate(
