@@ -12,6 +12,12 @@ MLFLOW_PORT ?= 5000
 PREFECT_HOST ?= 127.0.0.1
 PREFECT_PORT ?= 4200
 WAIT ?= 600
+# make start-cluster: ports of its PostgreSQL, Prefect and MLflow (not those of start-services)
+CLUSTER_HOST ?= 127.0.0.1
+CLUSTER_POSTGRES_PORT ?= 15432
+CLUSTER_PREFECT_PORT ?= 4300
+CLUSTER_MLFLOW_PORT ?= 5300
+CLUSTER_WORKERS ?= 2
 
 # Poetry lives in its own virtual environment under .tools/; the project's in .venv/.
 POETRY_VERSION := 2.5.1
@@ -23,7 +29,8 @@ STAMP := $(VENV)/.installed
 
 # Values from the command line reach recipes through the environment ("$$VAR"), never by
 # pasting them into shell text.
-export PARAMS BATCH VERSION REASON PREFECT_HOST PREFECT_PORT MLFLOW_HOST MLFLOW_PORT WAIT
+export PARAMS BATCH VERSION REASON PREFECT_HOST PREFECT_PORT MLFLOW_HOST MLFLOW_PORT WAIT \
+	CLUSTER_HOST CLUSTER_POSTGRES_PORT CLUSTER_PREFECT_PORT CLUSTER_MLFLOW_PORT CLUSTER_WORKERS
 
 # Prefect's home (.prefect/ beside the params file) and its other settings are chosen by the
 # code, so `python flows/automated_training_flow.py` and every target below use the same ones.
@@ -31,7 +38,8 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: help install setup run run-manual run-all status demo mlflow-ui clean test lint \
 	start-services stop-services services-status deploy start-worker start-agent start-worker-bg \
-	stop-worker trigger stop rebuild-state lineage rollback restore-data bench bench-smoke
+	stop-worker trigger stop rebuild-state lineage rollback restore-data bench bench-smoke \
+	start-cluster stop-cluster cluster-status
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -112,6 +120,18 @@ demo: setup ## The full story: services, deployment, worker, a first run now, th
 	@echo "The worker keeps running: the schedule trains the next batch every 2 minutes"
 	@echo "until automation.max_batches, then pauses itself. 'make status' shows progress;"
 	@echo "'make stop' stops the worker and both servers."
+
+CLUSTER := $(PY) -m retrain_pipeline.cluster
+
+start-cluster: install ## Local trial of several machines under .cluster/: PostgreSQL, servers, DVC remote, 2 workers; writes .cluster/env
+	$(CLUSTER) start --params "$$PARAMS" --host "$$CLUSTER_HOST" --postgres-port "$$CLUSTER_POSTGRES_PORT" \
+	  --prefect-port "$$CLUSTER_PREFECT_PORT" --mlflow-port "$$CLUSTER_MLFLOW_PORT" --workers "$$CLUSTER_WORKERS"
+
+stop-cluster: install ## Stop everything start-cluster started (workers, their runs, servers, PostgreSQL); keeps the data
+	$(CLUSTER) stop --params "$$PARAMS"
+
+cluster-status: install ## Which pieces of the local cluster are running
+	@$(CLUSTER) status --params "$$PARAMS"
 
 lineage: install ## Lineage of BATCH=N (run, version, md5s, params, Prefect run) or VERSION=V (JSON=1)
 	@test -n "$$BATCH$$VERSION" || { echo "usage: make lineage BATCH=N | VERSION=V" >&2; exit 2; }

@@ -39,9 +39,11 @@ from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 from prefect.exceptions import ObjectNotFound
+from prefect.runner.storage import GitRepository
 from prefect.schedules import Cron
+from pydantic import ValidationError
 
-from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline.config import AutomationConfig, Settings, load_settings
 from retrain_pipeline.errors import ConfigError, PipelineError
 from retrain_pipeline.logs import HEARTBEAT_ENV
 
@@ -96,17 +98,30 @@ def deploy(settings: Settings, tracking_uri: str | None, heartbeat_s: int = DEFA
     """Create or update the deployment; returns its id. Its runs send a heartbeat every ``heartbeat_s``."""
     auto = settings.automation
     env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", HEARTBEAT_ENV: str(heartbeat_s)}
-    if tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    source: str | GitRepository
+    if auto.code_source:
+        # Workers anywhere: each run clones the code into a temporary folder on its worker and
+        # works on that worker's own project folder (the RETRAIN_PARAMS the worker sets).
+        source = GitRepository(url=auto.code_source, branch=auto.code_branch, pull_interval=None)
+        parameters: dict[str, Any] = {"params_path": None}
+        job_variables: dict[str, Any] = {"env": env}
+        if tracking_uri and tracking_uri.partition("://")[0] in ("http", "https"):
+            env["MLFLOW_TRACKING_URI"] = tracking_uri  # a local store would not exist on other machines
+    else:
+        source = str(PROJECT_ROOT)
+        parameters = {"params_path": str(settings.params_file) if settings.params_file else None}
+        job_variables = {"working_dir": str(PROJECT_ROOT), "env": env}
+        if tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = tracking_uri
     # from_source is typed "Flow | Coroutine" (sync/async dual); called synchronously it is a Flow.
-    source_flow = cast(Flow[..., Any], Flow.from_source(str(PROJECT_ROOT), ENTRYPOINT))
+    source_flow = cast(Flow[..., Any], Flow.from_source(source, ENTRYPOINT))
     deployment_id = source_flow.deploy(
         name=auto.deployment_name,
         work_pool_name=auto.work_pool,
         schedules=[Cron(auto.cron_schedule, timezone=auto.timezone)],
         paused=False,
-        parameters={"params_path": str(settings.params_file) if settings.params_file else None},
-        job_variables={"working_dir": str(PROJECT_ROOT), "env": env},
+        parameters=parameters,
+        job_variables=job_variables,
         concurrency_limit=ConcurrencyLimitConfig(
             limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
         ),
@@ -116,6 +131,18 @@ def deploy(settings: Settings, tracking_uri: str | None, heartbeat_s: int = DEFA
         print_next_steps=False,
     )
     return UUID(str(deployment_id))
+
+
+def with_code_source(settings: Settings, url: str) -> Settings:
+    """``settings`` whose ``automation.code_source`` is ``url`` (validated like the params key)."""
+    raw = settings.automation.model_dump()
+    raw["code_source"] = url
+    try:
+        automation = AutomationConfig.model_validate(raw)
+    except ValidationError as exc:
+        problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"--code-source {url!r}: {problem}") from None
+    return settings.model_copy(update={"automation": automation})
 
 
 def crash_automation_name(deployment_name: str) -> str:
@@ -231,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tracking-uri", help="MLflow tracking URI for the flow runs (default: MLFLOW_TRACKING_URI if set)"
     )
+    parser.add_argument(
+        "--code-source",
+        metavar="GIT_URL",
+        help="Git URL workers clone the code from (default: automation.code_source; none: this folder)",
+    )
     parser.add_argument("--run-now", action="store_true", help="also start one run immediately")
     parser.add_argument(
         "--wait", type=float, default=0, metavar="S", help="wait up to S s for that run to finish"
@@ -249,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(params if params.is_file() else None, default_root=PROJECT_ROOT)
         if args.params and not params.is_file():
             raise ConfigError(f"params file not found: {params}")
+        if args.code_source:
+            settings = with_code_source(settings, args.code_source)
         heartbeat_s = heartbeat_seconds(os.environ)
         created = ensure_process_pool(settings.automation.work_pool)
         deployment_id = deploy(settings, tracking_uri, heartbeat_s)
@@ -259,7 +293,12 @@ def main(argv: list[str] | None = None) -> int:
             f"work pool {auto.work_pool!r} ({'created' if created else 'exists'}, type process); "
             f"deployment '{FLOW_NAME}/{auto.deployment_name}' ({deployment_id}): "
             f"cron {auto.cron_schedule!r} {auto.timezone}, concurrency 1 (cancel new), "
-            f"working dir {PROJECT_ROOT}, tracking {tracking_uri or settings.mlflow.tracking_uri}",
+            + (
+                f"code from {auto.code_source} (each worker's own project folder), "
+                if auto.code_source
+                else f"working dir {PROJECT_ROOT}, "
+            )
+            + f"tracking {tracking_uri or settings.mlflow.tracking_uri}",
             flush=True,
         )
         print(

@@ -59,6 +59,7 @@ from retrain_pipeline.state import (
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
+PARAMS_ENV = "RETRAIN_PARAMS"  # a worker's own params file, for runs that name none
 
 Outcome = dict[str, Any]
 
@@ -68,7 +69,10 @@ def _outcome(status: str, batch_number: int | None, message: str, **extra: Any) 
 
 
 def resolve_params(params_path: str | None) -> Path | None:
-    """The params file in use: the given one (relative to the project root), else the default."""
+    """The params file in use: the given one (relative to the project root), else the worker's
+    ``RETRAIN_PARAMS`` (set by ``make start-worker``: a deployment whose code workers clone from
+    Git runs on each worker's own project folder), else the default."""
+    params_path = params_path or os.environ.get(PARAMS_ENV, "").strip() or None
     if params_path:
         path = Path(params_path).expanduser()
         return path if path.is_absolute() else PROJECT_ROOT / path

@@ -4,8 +4,8 @@ Every relative path in the file (including the SQLite file inside ``sqlite:///``
 URIs) is resolved against the folder that holds the params file, never against the
 current directory. ``MLFLOW_TRACKING_URI`` in the environment overrides
 ``mlflow.tracking_uri``; ``RETRAIN_STATE_DATABASE_URL`` and ``RETRAIN_DVC_REMOTE`` override
-``stores.state_database_url`` and ``stores.dvc_remote``. An unknown key, a wrong type or an impossible value raises
-:class:`ConfigError` naming the file and the key.
+``stores.state_database_url`` and ``stores.dvc_remote``. An unknown key, a wrong type or an
+impossible value raises :class:`ConfigError` naming the file and the key.
 """
 
 from __future__ import annotations

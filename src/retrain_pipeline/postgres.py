@@ -15,7 +15,6 @@ the password is generated once and kept next to the data, readable by its owner 
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import pwd
@@ -47,7 +46,8 @@ def find_bin_dir() -> Path:
     candidates: list[str] = []
     if os.environ.get("PG_BIN"):
         candidates.append(os.environ["PG_BIN"])
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True)
+    candidates += [str(folder) for folder in debian]
     on_path = shutil.which("pg_ctl")
     if on_path:
         candidates.append(str(Path(on_path).parent))
@@ -57,8 +57,8 @@ def find_bin_dir() -> Path:
     raise PostgresError(f"PostgreSQL's initdb and pg_ctl were not found: {INSTALL_HINT}")
 
 
-def _version_key(folder: str) -> int:
-    part = Path(folder).parent.name
+def _version_key(folder: Path) -> int:
+    part = folder.parent.name
     return int(part) if part.isdigit() else 0
 
 
@@ -138,7 +138,7 @@ class LocalPostgres:
         return result.returncode == 0
 
     def start(self, timeout: int = 60) -> str:
-        """Initialise on first use, then start the server unless it runs; wait until it accepts connections."""
+        """Initialise on first use, start the server unless it runs, wait until it accepts connections."""
         created = self.init()
         if self.running():
             return f"postgres: already running ({self.host}:{self.port}, {self.data_dir})"
@@ -177,8 +177,9 @@ class LocalPostgres:
     def stop(self, timeout: int = 60) -> str:
         if not self.running():
             return "postgres: not running"
+        pg_ctl = str(find_bin_dir() / "pg_ctl")
         self._run(
-            [str(find_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(timeout), "stop"],
+            [pg_ctl, "-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(timeout), "stop"],
             "pg_ctl stop",
             timeout=timeout + 10,
         )

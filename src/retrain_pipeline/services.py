@@ -68,6 +68,7 @@ class ServiceSpec:
     ready: Callable[[str], bool]  # given what the service logged since this start
     stop_signal: signal.Signals
     marker: str  # must appear in /proc/<pid>/cmdline: guards against a reused pid
+    cwd: Path | None = None  # default: the project folder
 
 
 def run_dir(settings: Settings) -> Path:
@@ -144,12 +145,7 @@ def spec_for(name: str, settings: Settings, endpoints: Endpoints) -> ServiceSpec
                 "server",
                 "--backend-store-uri",
                 store,
-                # One artifact scheme in every mode: clients read and write the files under
-                # mlflow.artifact_location themselves, so what the server logged loads without
-                # it (no proxied mlflow-artifacts: URIs, which only this server could resolve).
-                "--default-artifact-root",
-                settings.mlflow.artifact_location.as_uri(),
-                "--no-serve-artifacts",
+                *mlflow_artifact_args(settings),
                 "--host",
                 endpoints.mlflow_host,
                 "--port",
@@ -185,26 +181,54 @@ def spec_for(name: str, settings: Settings, endpoints: Endpoints) -> ServiceSpec
     raise ServiceError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}")
 
 
+def mlflow_artifact_args(settings: Settings) -> list[str]:
+    """How the MLflow server started here stores artifacts (``mlflow.serve_artifacts``).
+
+    Default: one artifact scheme in every mode. Clients read and write the files under
+    ``mlflow.artifact_location`` themselves, so what the server logged loads without it (no
+    proxied ``mlflow-artifacts:`` URIs, which only this server could resolve). With
+    ``serve_artifacts: true`` the server proxies them (stored under ``artifact_location``), so
+    clients on other machines need only its http URI.
+    """
+    location = settings.mlflow.artifact_location
+    if settings.mlflow.serve_artifacts:
+        return ["--artifacts-destination", location.as_uri(), "--serve-artifacts"]
+    return ["--default-artifact-root", location.as_uri(), "--no-serve-artifacts"]
+
+
 def worker_env(settings: Settings) -> dict[str, str]:
-    """The worker talks to the running Prefect server; its flow runs log to the running MLflow."""
+    """Where the worker and its flow runs find the servers and this project's params file.
+
+    ``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` from the environment win (a worker on
+    another machine, or a shell that sourced ``.cluster/env``); otherwise the servers that
+    ``make start-services`` runs for this project.
+    """
     urls = running_urls(settings)
-    if "prefect" not in urls:
-        raise ServiceError("the Prefect server is not running: run `make start-services` first")
-    env = {"PREFECT_API_URL": urls["prefect"]}
-    if "mlflow" in urls:
-        env["MLFLOW_TRACKING_URI"] = urls["mlflow"]
+    env: dict[str, str] = {}
+    prefect_url = os.environ.get("PREFECT_API_URL", "").strip() or urls.get("prefect")
+    if not prefect_url:
+        raise ServiceError(
+            "no Prefect server: run `make start-services` first, or set PREFECT_API_URL to your server"
+        )
+    env["PREFECT_API_URL"] = prefect_url
+    mlflow_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip() or urls.get("mlflow")
+    if mlflow_uri:
+        env["MLFLOW_TRACKING_URI"] = mlflow_uri
+    if settings.params_file is not None:
+        # Runs of a deployment whose code comes from Git name no params file: they use the worker's.
+        env["RETRAIN_PARAMS"] = str(settings.params_file)
     return env
 
 
 # --------------------------------------------------------------------------- pid files
 
 
-def _pid_file(settings: Settings, name: str) -> Path:
-    return run_dir(settings) / f"{name}.pid"
+def _pid_file(settings: Settings, name: str, folder: Path | None = None) -> Path:
+    return (folder or run_dir(settings)) / f"{name}.pid"
 
 
-def _log_file(settings: Settings, name: str) -> Path:
-    return run_dir(settings) / f"{name}.log"
+def _log_file(settings: Settings, name: str, folder: Path | None = None) -> Path:
+    return (folder or run_dir(settings)) / f"{name}.log"
 
 
 def _alive(pid: int, marker: str) -> bool:
@@ -216,9 +240,12 @@ def _alive(pid: int, marker: str) -> bool:
     return marker in cmdline and "State:\tZ" not in status
 
 
-def recorded(settings: Settings, name: str) -> dict[str, object] | None:
-    """The pid file's record if its process is alive; a stale pid file is removed."""
-    pid_file = _pid_file(settings, name)
+def recorded(settings: Settings, name: str, folder: Path | None = None) -> dict[str, object] | None:
+    """The pid file's record if its process is alive; a stale pid file is removed.
+
+    ``folder`` holds the pid and log files (default: the project's ``.services/``).
+    """
+    pid_file = _pid_file(settings, name, folder)
     try:
         record = json.loads(pid_file.read_text(encoding="utf-8"))
         pid, marker = int(record["pid"]), str(record["marker"])
@@ -249,13 +276,13 @@ def running_urls(settings: Settings) -> dict[str, str]:
 
 def prepare(spec: ServiceSpec, settings: Settings) -> None:
     """What a service needs before it starts: MLflow's store in today's artifact scheme."""
-    if spec.name == "mlflow":
+    if spec.name == "mlflow" and not settings.mlflow.serve_artifacts:
         tracking.repair_proxied_artifact_uris(settings.mlflow)
 
 
-def start(spec: ServiceSpec, settings: Settings, timeout: float = 120.0) -> str:
+def start(spec: ServiceSpec, settings: Settings, timeout: float = 120.0, folder: Path | None = None) -> str:
     """Start ``spec`` in the background unless it runs already; wait until it is ready."""
-    record = recorded(settings, spec.name)
+    record = recorded(settings, spec.name, folder)
     if record is not None:
         running = f"{spec.name}: already running (pid {record['pid']}, {record['url']})"
         argv = record.get("argv")
@@ -267,8 +294,9 @@ def start(spec: ServiceSpec, settings: Settings, timeout: float = 120.0) -> str:
             )
         return running
     prepare(spec, settings)
-    run_dir(settings).mkdir(parents=True, exist_ok=True)
-    log_file = _log_file(settings, spec.name)
+    pid_file = _pid_file(settings, spec.name, folder)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file = _log_file(settings, spec.name, folder)
     with log_file.open("ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(spec.argv)}\n".encode())
         log.flush()
@@ -276,7 +304,7 @@ def start(spec: ServiceSpec, settings: Settings, timeout: float = 120.0) -> str:
         process = subprocess.Popen(
             spec.argv,
             env=spec.env,
-            cwd=settings.root,
+            cwd=spec.cwd or settings.root,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -289,11 +317,11 @@ def start(spec: ServiceSpec, settings: Settings, timeout: float = 120.0) -> str:
         "argv": spec.argv,
         "stop_signal": spec.stop_signal.name,
     }
-    write_text_atomic(_pid_file(settings, spec.name), json.dumps(record))
+    write_text_atomic(pid_file, json.dumps(record))
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if process.poll() is not None:
-            _pid_file(settings, spec.name).unlink(missing_ok=True)
+            pid_file.unlink(missing_ok=True)
             raise ServiceError(
                 f"{spec.name} exited with code {process.returncode}:\n{_tail(log_file, offset)}"
             )
@@ -303,19 +331,19 @@ def start(spec: ServiceSpec, settings: Settings, timeout: float = 120.0) -> str:
             )
         time.sleep(0.5)
     _stop_group(process.pid, spec.stop_signal, 10)
-    _pid_file(settings, spec.name).unlink(missing_ok=True)
+    pid_file.unlink(missing_ok=True)
     raise ServiceError(f"{spec.name} did not become ready within {timeout:.0f} s:\n{_tail(log_file, offset)}")
 
 
-def stop(settings: Settings, name: str, timeout: float = 30.0) -> str:
+def stop(settings: Settings, name: str, timeout: float = 30.0, folder: Path | None = None) -> str:
     """Stop the recorded process group of ``name``; removes its pid file."""
-    record = recorded(settings, name)
+    record = recorded(settings, name, folder)
     if record is None:
         return f"{name}: not running"
     pid = int(str(record["pid"]))
     stop_signal = signal.Signals[str(record.get("stop_signal", "SIGTERM"))]
     how = _stop_group(pid, stop_signal, timeout)
-    _pid_file(settings, name).unlink(missing_ok=True)
+    _pid_file(settings, name, folder).unlink(missing_ok=True)
     return f"{name}: stopped (pid {pid}, {how})"
 
 
@@ -411,7 +439,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "env":
             urls = running_urls(settings)
             exports = {"PREFECT_API_URL": urls.get("prefect"), "MLFLOW_TRACKING_URI": urls.get("mlflow")}
-            print(" ".join(f"{key}={value}" for key, value in exports.items() if value))
+            # What the environment already sets (e.g. from .cluster/env) is not overridden.
+            print(
+                " ".join(
+                    f"{key}={value}" for key, value in exports.items() if value and not os.environ.get(key)
+                )
+            )
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

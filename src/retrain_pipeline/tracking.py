@@ -100,8 +100,8 @@ def repair_proxied_artifact_uris(config: MlflowConfig) -> int:
     of rewritten rows. Stores other than the project's SQLite file are left alone.
     """
     db_file = sqlite_file(config.tracking_uri)
-    if db_file is None or not db_file.is_file():
-        return 0
+    if db_file is None or not db_file.is_file() or config.serve_artifacts:
+        return 0  # serve_artifacts: proxied URIs are what the user chose
     root = config.artifact_location.as_uri()
     changed = 0
     with contextlib.closing(sqlite3.connect(db_file, timeout=60)) as db, db:
