@@ -24,6 +24,7 @@ point every make target of this clone at the cluster. A second ``start`` reuses 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -113,6 +114,8 @@ class Cluster:
             "MLFLOW_TRACKING_URI": self.mlflow_uri,
             "RETRAIN_STATE_DATABASE_URL": self.postgres.url("retrain"),
             "RETRAIN_DVC_REMOTE": str(self.dvc_remote),
+            # make deploy / make trigger from a client keep the deployment on the workers' code
+            "RETRAIN_CODE_SOURCE": _git_source(self.settings.root),
         }
 
 
@@ -261,12 +264,14 @@ def _deploy(cluster: Cluster, source: str) -> str:
     settings = cluster.settings
     env = {**_base_env(cluster), **cluster.client_env()}
     argv = [sys.executable, str(_setup_deployment_script()), "--code-source", source]
+    env.pop("RETRAIN_STATE_DATABASE_URL", None)  # registering needs no state store
     if settings.params_file is not None:
         argv += ["--params", str(settings.params_file)]
     result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=300)
     if result.returncode != 0:
         raise ClusterError(f"registering the deployment failed:\n{result.stderr.strip() or result.stdout}")
-    return "deploy: " + " ".join(result.stdout.split())[:300]
+    summary = [line for line in result.stdout.splitlines() if line.startswith(("work pool", "automation"))]
+    return "deploy: " + ("\n  ".join(summary) or result.stdout.strip())
 
 
 def _setup_deployment_script() -> Path:
@@ -364,7 +369,12 @@ def stop(cluster: Cluster, timeout: float = 60.0) -> list[str]:
     lines = []
     for name in cluster.worker_names():
         lines.append(services.stop(settings, name, timeout, cluster.run_folder))
-    swept = _stop_leftovers(cluster, timeout=15)
+    servers = set()
+    for name in ("mlflow", "prefect"):
+        record = services.recorded(settings, name, cluster.run_folder)
+        if record is not None:
+            servers.add(int(str(record["pid"])))  # each server leads its own process group
+    swept = _stop_leftovers(cluster, timeout=15, spare_groups=servers)
     if swept:
         lines.append(f"flow runs: stopped {len(swept)} process(es) of the cluster (pids {swept})")
     for name in ("mlflow", "prefect"):
@@ -377,8 +387,10 @@ def stop(cluster: Cluster, timeout: float = 60.0) -> list[str]:
     return lines
 
 
-def _cluster_processes(cluster: Cluster) -> list[int]:
-    """Processes whose environment marks them as started by this cluster (flow runs included)."""
+def _cluster_processes(cluster: Cluster, spare_groups: frozenset[int] | set[int] = frozenset()) -> list[int]:
+    """Live processes whose environment marks them as started by this cluster (flow runs
+    included: a process worker starts each in a session of its own), except those in
+    ``spare_groups``."""
     marker = f"{CLUSTER_ENV}={cluster.folder}".encode()
     found = []
     for entry in Path("/proc").iterdir():
@@ -386,31 +398,32 @@ def _cluster_processes(cluster: Cluster) -> list[int]:
             continue
         try:
             environ = (entry / "environ").read_bytes()
-            status = (entry / "status").read_text()
+            stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if marker in environ.split(b"\0") and "State:\tZ" not in status:
+        fields = stat.rsplit(")", 1)[1].split()  # state ppid pgrp ...
+        if marker in environ.split(b"\0") and fields[0] != "Z" and int(fields[2]) not in spare_groups:
             found.append(int(entry.name))
     return found
 
 
-def _stop_leftovers(cluster: Cluster, timeout: float) -> list[int]:
-    pids = _cluster_processes(cluster)
+def _stop_leftovers(
+    cluster: Cluster, timeout: float, spare_groups: frozenset[int] | set[int] = frozenset()
+) -> list[int]:
+    pids = _cluster_processes(cluster, spare_groups)
     for pid in pids:
         _signal(pid, signal.SIGINT)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _cluster_processes(cluster):
+    while time.monotonic() < deadline and _cluster_processes(cluster, spare_groups):
         time.sleep(0.25)
-    for pid in _cluster_processes(cluster):
+    for pid in _cluster_processes(cluster, spare_groups):
         _signal(pid, signal.SIGKILL)
     return pids
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def status(cluster: Cluster) -> list[str]:

@@ -3,8 +3,9 @@
 Every relative path in the file (including the SQLite file inside ``sqlite:///`` tracking
 URIs) is resolved against the folder that holds the params file, never against the
 current directory. ``MLFLOW_TRACKING_URI`` in the environment overrides
-``mlflow.tracking_uri``; ``RETRAIN_STATE_DATABASE_URL`` and ``RETRAIN_DVC_REMOTE`` override
-``stores.state_database_url`` and ``stores.dvc_remote``. An unknown key, a wrong type or an
+``mlflow.tracking_uri``; ``RETRAIN_STATE_DATABASE_URL``, ``RETRAIN_DVC_REMOTE`` and
+``RETRAIN_CODE_SOURCE`` override ``stores.state_database_url``, ``stores.dvc_remote`` and
+``automation.code_source`` (:data:`ENV_OVERRIDES`). An unknown key, a wrong type or an
 impossible value raises :class:`ConfigError` naming the file and the key.
 """
 
@@ -54,7 +55,11 @@ _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # pool and deployment name
 _TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 _REMOTE_SCHEMES = ("http", "https", "databricks")
 #: Environment variables that override ``stores`` keys (how ``.cluster/env`` points a clone at a cluster).
-ENV_OVERRIDES = {"RETRAIN_STATE_DATABASE_URL": "state_database_url", "RETRAIN_DVC_REMOTE": "dvc_remote"}
+ENV_OVERRIDES = {
+    "RETRAIN_STATE_DATABASE_URL": ("stores", "state_database_url"),
+    "RETRAIN_DVC_REMOTE": ("stores", "dvc_remote"),
+    "RETRAIN_CODE_SOURCE": ("automation", "code_source"),
+}
 
 
 def _root(info: ValidationInfo) -> Path:
@@ -445,11 +450,11 @@ class Settings(_Section):
         section = data.get("mlflow")
         if env_uri and (section is None or isinstance(section, dict)):  # else: reported below
             data["mlflow"] = {**(section or {}), "tracking_uri": env_uri}
-        for env_name, key in ENV_OVERRIDES.items():
+        for env_name, (section_name, key) in ENV_OVERRIDES.items():
             env_value = os.environ.get(env_name, "").strip()
-            stores = data.get("stores")
-            if env_value and (stores is None or isinstance(stores, dict)):
-                data["stores"] = {**(stores or {}), key: env_value}
+            section = data.get(section_name)
+            if env_value and (section is None or isinstance(section, dict)):  # else: reported below
+                data[section_name] = {**(section or {}), key: env_value}
         root = root.resolve()
         try:
             return cls.model_validate(

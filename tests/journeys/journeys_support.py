@@ -121,6 +121,11 @@ MAKE_VARIABLES = (
     "PREFECT_PORT",
     "MLFLOW_HOST",
     "MLFLOW_PORT",
+    "CLUSTER_HOST",
+    "CLUSTER_POSTGRES_PORT",
+    "CLUSTER_PREFECT_PORT",
+    "CLUSTER_MLFLOW_PORT",
+    "CLUSTER_WORKERS",
     "MAKEFLAGS",
     "MFLAGS",
     "MAKELEVEL",
@@ -133,7 +138,7 @@ def journey_env(ports: dict[str, int], home: Path) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("MLFLOW_", "PREFECT_")) and k not in MAKE_VARIABLES
+        if not k.startswith(("MLFLOW_", "PREFECT_", "RETRAIN_")) and k not in MAKE_VARIABLES
     }
     env["HOME"] = str(home)
     env.update(
