@@ -357,9 +357,12 @@ def validate_postgres_url(url: str) -> str:
 
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ``***`` (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return url.split("@", 1)[-1] if "@" in url else url
     netloc = parts.netloc.rsplit("@", 1)
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
@@ -476,7 +479,7 @@ def _describe(exc: ValidationError) -> str:
         if isinstance(value, dict):
             problems.append(f"{key}: {message}")
             continue
-        shown = repr(value)
+        shown = repr(redact_url(value) if isinstance(value, str) else value)  # never a password
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         problems.append(f"{key}: {message} (got {shown})")
     return "; ".join(problems)

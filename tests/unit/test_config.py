@@ -14,6 +14,7 @@ from retrain_pipeline.config import (
     Settings,
     estimator_class,
     load_settings,
+    redact_url,
     resolve_tracking_uri,
 )
 from retrain_pipeline.errors import ConfigError
@@ -597,3 +598,78 @@ def test_settings_are_frozen(tmp_path: Path, target: str, attribute: str, value:
 def test_settings_cannot_be_built_without_a_root_context() -> None:
     with pytest.raises(ValidationError, match="load_settings"):
         Settings.model_validate({"root": "/tmp", "params_file": None})
+
+
+# --------------------------------------------------------------------------- shared stores
+
+
+def test_stores_default_to_local(tmp_path: Path) -> None:
+    settings = load_settings(None, default_root=tmp_path)
+    assert settings.stores.state_database_url is None
+    assert settings.stores.dvc_remote is None
+    assert settings.automation.code_source is None
+    assert settings.mlflow.serve_artifacts is False
+
+
+def test_store_settings_come_from_the_environment_over_params(
+    make_project: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = make_project(
+        stores={"state_database_url": "postgresql://a@h:1/params_db", "dvc_remote": "remote"}
+    )
+    settings = load_settings(params)
+    assert settings.stores.state_database_url == "postgresql://a@h:1/params_db"
+    assert settings.stores.dvc_remote == str(
+        params.parent.resolve() / "remote"
+    )  # relative to the params file
+
+    monkeypatch.setenv("RETRAIN_STATE_DATABASE_URL", "postgresql://u:secret@db:5432/env_db")
+    monkeypatch.setenv("RETRAIN_DVC_REMOTE", "s3://bucket/path")
+    monkeypatch.setenv("RETRAIN_CODE_SOURCE", "https://git.example.com/team/retrain.git")
+    settings = load_settings(params)
+    assert settings.stores.state_database_url == "postgresql://u:secret@db:5432/env_db"
+    assert settings.stores.dvc_remote == "s3://bucket/path"
+    assert settings.automation.code_source == "https://git.example.com/team/retrain.git"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("state_database_url", "mysql://u@h/db", "expected a postgresql://"),
+        ("state_database_url", "postgresql://u@h:1/", "names no database"),
+        ("state_database_url", "postgresql://u@h:99999/db", "Port out of range"),
+        ("dvc_remote", "s3 ://bad", "whitespace"),
+        ("dvc_remote", "1x://host/path", "invalid URL scheme"),
+    ],
+)
+def test_bad_store_settings_name_the_key(make_project: Any, key: str, value: str, message: str) -> None:
+    params = make_project(stores={key: value})
+    with pytest.raises(ConfigError, match=rf"stores\.{key}") as excinfo:
+        load_settings(params)
+    assert message in str(excinfo.value)
+
+
+def test_a_password_never_shows_in_a_config_error(make_project: Any) -> None:
+    params = make_project(stores={"state_database_url": "postgresql://u:topsecret@h:99999/db"})
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(params)
+    assert "topsecret" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://git.example.com/a/b.git", "ssh://git@host/a.git", "git@host:team/repo.git", "file:///srv/repo"],
+)
+def test_code_source_accepts_git_urls(make_project: Any, url: str) -> None:
+    assert load_settings(make_project(automation={"code_source": url})).automation.code_source == url
+
+
+@pytest.mark.parametrize("url", ["--upload-pack=evil", "not a url", "/local/path", "ftp://host/repo"])
+def test_code_source_refuses_what_is_not_a_git_url(make_project: Any, url: str) -> None:
+    with pytest.raises(ConfigError, match=r"automation\.code_source"):
+        load_settings(make_project(automation={"code_source": url}))
+
+
+def test_redact_url_hides_only_the_password() -> None:
+    assert redact_url("postgresql://u:pw@h:5/db") == "postgresql://u:***@h:5/db"
+    assert redact_url("postgresql://u@h:5/db") == "postgresql://u@h:5/db"
