@@ -48,14 +48,8 @@ from retrain_pipeline.model_tasks import (
 )
 from retrain_pipeline.reporting import training_report
 from retrain_pipeline.services import prefect_home, running_urls
-from retrain_pipeline.state import (
-    BatchRecord,
-    PipelineBusyError,
-    PipelineState,
-    pipeline_lock,
-    update_holder,
-    utc_now,
-)
+from retrain_pipeline.state import BatchRecord, PipelineBusyError, PipelineState, utc_now
+from retrain_pipeline.state_stores import LockHandle, StateStore, state_store
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
@@ -92,23 +86,26 @@ def automated_training_flow(
         "Params: %s; tracking: %s", settings.params_file or "built-in defaults", settings.mlflow.tracking_uri
     )
     try:
-        with pipeline_lock(settings.lock_file, {"flow_run_id": flow_run.id}) as holder:
-            return _process_batch(settings, batch_number, force, holder)
+        store = state_store(settings)
+        with store.lock({"flow_run_id": flow_run.id}) as holder:
+            return _process_batch(settings, store, batch_number, force, holder)
     except PipelineBusyError as exc:
         logger.warning("Nothing done: %s", exc)
         return _outcome("busy", batch_number, str(exc))
 
 
-def _process_batch(settings: Settings, requested: int | None, force: bool, holder: Path) -> Outcome:
+def _process_batch(
+    settings: Settings, store: StateStore, requested: int | None, force: bool, holder: LockHandle
+) -> Outcome:
     logger = get_run_logger()
-    state, choice = choose_batch(settings, requested, force)
+    state, choice = choose_batch(settings, store, requested, force)
     n = choice.batch_number
     if n is None:
         logger.info("Nothing to do: %s", choice.reason)
         if choice.all_done and settings.automation.pause_when_done and deployment.id:
             pause_schedule(str(deployment.id))
         return _outcome("nothing_to_do", None, choice.reason)
-    update_holder(holder, {"batch": n})
+    holder.update({"batch": n})
     logger.info("Processing batch %d (%s)", n, choice.reason)
     started = utc_now()
     batch: BatchInput | None = None
@@ -123,17 +120,17 @@ def _process_batch(settings: Settings, requested: int | None, force: bool, holde
         record = BatchRecord(
             status="rejected", started_at=started, finished_at=utc_now(), source=exc.file, error=str(exc)
         )
-        rejected_state = record_batch(settings, state, n, record, state.champion_version)
+        rejected_state = record_batch(settings, store, state, n, record, state.champion_version)
         publish_reports(settings, rejected_state, None, None, n)
         raise
     try:
-        committed = _train_and_commit(settings, state, batch, training, started)
+        committed = _train_and_commit(settings, store, state, batch, training, started)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         record = BatchRecord(
             status="failed", started_at=started, finished_at=utc_now(), source=batch.source, error=error
         )
-        record_batch(settings, state, n, record, state.champion_version)
+        record_batch(settings, store, state, n, record, state.champion_version)
         raise
     # The state file is the commit point; the alias follows it (and is repaired from it).
     promoted_version = committed.model_version if committed.record.promoted else None
@@ -161,9 +158,14 @@ class _Committed:
 
 
 def _train_and_commit(
-    settings: Settings, state: PipelineState, batch: BatchInput, training: TrainingData, started: str
+    settings: Settings,
+    store: StateStore,
+    state: PipelineState,
+    batch: BatchInput,
+    training: TrainingData,
+    started: str,
 ) -> _Committed:
-    """Train, evaluate, version, log and record the batch as completed in the state file."""
+    """Train, evaluate, version, log and record the batch as completed in the state store."""
     n = batch.batch_number
     experiment_id, champion = load_champion(settings, state)
     model = train(settings, training)
@@ -205,7 +207,9 @@ def _train_and_commit(
         model_md5=model_md5,
         prefect_flow_run_id=run_id,
     )
-    new_state = record_batch(settings, state, n, record, logged.model_version if promoted else previous)
+    new_state = record_batch(
+        settings, store, state, n, record, logged.model_version if promoted else previous
+    )
     report = training_report(
         batch_number=n,
         metrics=evaluation.metrics,

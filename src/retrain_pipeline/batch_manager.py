@@ -1,6 +1,8 @@
 """Prefect tasks that manage batches: read the state, choose the batch, record the outcome.
 
-Thin wrappers over :mod:`retrain_pipeline.state` and ``project``.
+Thin wrappers over :mod:`retrain_pipeline.state`, the state store and ``project``. The flow
+passes the store whose lock it holds, so that (with PostgreSQL) the loads and saves go
+through the lock's own connection.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import StateError
 from retrain_pipeline.fileio import write_text_atomic
 from retrain_pipeline.state import BatchRecord, PipelineState
+from retrain_pipeline.state_stores import StateStore
 
 
 @dataclass(frozen=True)
@@ -30,13 +33,15 @@ class BatchChoice:
 
 
 @task(name="choose-batch", cache_policy=NO_CACHE)
-def choose_batch(settings: Settings, requested: int | None, force: bool) -> tuple[PipelineState, BatchChoice]:
+def choose_batch(
+    settings: Settings, store: StateStore, requested: int | None, force: bool
+) -> tuple[PipelineState, BatchChoice]:
     """Set the project up if needed (folders, DVC repository), read the state, pick the batch.
 
-    Call it under the pipeline lock: two first runs must not both initialise DVC.
+    Call it under the store's lock: two first runs must not both initialise DVC.
     """
     project.prepare_project(settings)
-    state = state_store.load_state(settings.paths.state_file)
+    state = store.load()
     return state, _choose(settings, state, requested, force)
 
 
@@ -60,12 +65,13 @@ def _choose(settings: Settings, state: PipelineState, requested: int | None, for
 @task(name="record-batch", cache_policy=NO_CACHE)
 def record_batch(
     settings: Settings,
+    store: StateStore,
     state: PipelineState,
     batch_number: int,
     record: BatchRecord,
     champion_version: str | None,
 ) -> PipelineState:
-    """Write the batch's record into ``batch_state.json`` atomically; returns the new state.
+    """Write the batch's record into the state store atomically; returns the new state.
 
     A completed batch first gets ``metrics/batch_<N>.json`` and ``metrics/latest.json``.
     """
@@ -73,10 +79,8 @@ def record_batch(
     if record.status == "completed":
         _write_metrics(settings, batch_number, record)
     new_state = state.with_batch(batch_number, record, champion_version)
-    state_store.save_state(settings.paths.state_file, new_state)
-    get_run_logger().info(
-        "Recorded batch %d as %s in %s", batch_number, record.status, settings.paths.state_file
-    )
+    store.save(new_state, what=f"the state of batch {batch_number}")
+    get_run_logger().info("Recorded batch %d as %s in %s", batch_number, record.status, store.description)
     return new_state
 
 

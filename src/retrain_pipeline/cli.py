@@ -20,13 +20,19 @@ from typing import Any
 from retrain_pipeline import operations
 from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings
 from retrain_pipeline.errors import PipelineError
-from retrain_pipeline.state import PipelineState, load_state, next_batch_number
+from retrain_pipeline.state import PipelineState, next_batch_number
+from retrain_pipeline.state_stores import FileStateStore, state_store
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
 def status_payload(settings: Settings, state: PipelineState) -> dict[str, Any]:
-    """What ``status --json`` prints: every batch plus the champion and the next batch."""
+    """What ``status --json`` prints: every batch plus the champion and the next batch.
+
+    ``state_file`` is the state file, or None when the state lives in PostgreSQL;
+    ``state_store`` describes the store either way.
+    """
+    store = state_store(settings)
     upcoming = next_batch_number(state)
     metric = settings.evaluation.primary_metric
     batches = []
@@ -46,7 +52,8 @@ def status_payload(settings: Settings, state: PipelineState) -> dict[str, Any]:
             }
         )
     return {
-        "state_file": str(settings.paths.state_file),
+        "state_file": str(settings.paths.state_file) if isinstance(store, FileStateStore) else None,
+        "state_store": store.description,
         "primary_metric": metric,
         "champion_version": state.champion_version,
         "processed_batches": state.processed_batches,
@@ -101,6 +108,8 @@ def render_status(payload: dict[str, Any]) -> str:
             f"rollback: v{rollback['from_version']} -> v{rollback['to_version']} by {rollback['by']} "
             f"at {rollback['at']}: {rollback['reason']}"
         )
+    if payload.get("state_file") is None and payload.get("state_store"):
+        lines.append(f"state: {payload['state_store']}")
     lines.append(f"champion: {'model version ' + champion if champion else 'none yet'}")
     nxt = payload["next_batch"]
     lines.append(
@@ -165,27 +174,22 @@ def _mlflow_ui(settings: Settings, host: str, port: int) -> int:
 
 
 def _rebuild_state(settings: Settings) -> str:
-    """Reconstruct the state file under the pipeline lock; the old file is kept as a backup."""
+    """Reconstruct the state under the store's lock; the old state is kept as a backup."""
     from retrain_pipeline import recovery, tracking
-    from retrain_pipeline.state import pipeline_lock, save_state, utc_now
 
-    with pipeline_lock(settings.lock_file, {"flow_run_id": "rebuild-state"}):
+    store = state_store(settings)
+    with store.lock({"flow_run_id": "rebuild-state"}):
         tracking.connect(settings.mlflow)
         runs = tracking.committed_runs(settings.mlflow, settings.project_id)
         rejected = recovery.rejected_from_quarantine(settings.data.quarantine_dir)
         state = recovery.rebuild_state(runs, rejected, tracking.champion_version(settings.mlflow))
-        state_file = settings.paths.state_file
-        backup = None
-        if state_file.exists():
-            stamp = utc_now().replace(":", "").replace("-", "")
-            backup = state_file.with_name(f"{state_file.name}.bak-{stamp}")
-            state_file.replace(backup)
-        save_state(state_file, state)
+        backup = store.backup()
+        store.save(state, what="the rebuilt state")
     rejected_numbers = [int(k) for k, r in state.batches.items() if r.status == "rejected"]
     return (
-        f"Rebuilt {state_file} from {len(runs)} committed MLflow run(s): "
+        f"Rebuilt {store.description} from {len(runs)} committed MLflow run(s): "
         f"completed {state.processed_batches}, rejected {rejected_numbers}, champion {state.champion_version}"
-        + (f"; the previous file is kept as {backup}" if backup else "")
+        + (f"; the previous state is kept as {backup}" if backup else "")
     )
 
 
@@ -203,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--host", type=host_argument, default="127.0.0.1")
     ui.add_argument("--port", type=port_argument, default=5000)
     commands.add_parser(
-        "rebuild-state", parents=[common], help="rebuild batch_state.json from MLflow and the quarantine"
+        "rebuild-state", parents=[common], help="rebuild the batch state from MLflow and the quarantine"
     )
     lineage = commands.add_parser("lineage", parents=[common], help="what ties a batch to its model and data")
     which = lineage.add_mutually_exclusive_group(required=True)
@@ -226,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare_project(settings)
             print(f"Project ready in {settings.root}")
         elif args.command == "status":
-            payload = status_payload(settings, load_state(settings.paths.state_file))
+            payload = status_payload(settings, state_store(settings).load())
             print(json.dumps(payload, indent=2) if args.json else render_status(payload))
         elif args.command == "mlflow-ui":
             return _mlflow_ui(settings, args.host, args.port)

@@ -21,6 +21,7 @@ from retrain_pipeline.data_tasks import TrainingData
 from retrain_pipeline.errors import TrackingError
 from retrain_pipeline.fileio import atomic_path
 from retrain_pipeline.state import PipelineState
+from retrain_pipeline.state_stores import state_store
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,9 @@ def load_champion(settings: Settings, state: PipelineState) -> tuple[str, Champi
     """Connect to MLflow; returns the experiment id and the current champion from the registry.
 
     Runs of this project left RUNNING by a killed attempt are marked KILLED first.
-    ``batch_state.json`` is the commit point: if a run stopped after recording a promotion
-    but before moving the alias, the alias is moved to the recorded champion first.
+    The state store (``batch_state.json`` or PostgreSQL) is the commit point: if a run stopped
+    after recording a promotion but before moving the alias, the alias is moved to the
+    recorded champion first.
     """
     logger = get_run_logger()
     experiment_id = tracking.connect(settings.mlflow)
@@ -60,7 +62,7 @@ def _champion(settings: Settings, state: PipelineState) -> Champion | None:
             "MLflow alias '%s' is at %s but %s records champion v%s; restoring the recorded one",
             tracking.CHAMPION_ALIAS,
             version,
-            settings.paths.state_file.name,
+            state_store(settings).description,
             state.champion_version,
         )
         tracking.set_champion(settings.mlflow, state.champion_version)

@@ -15,6 +15,7 @@ the password is generated once and kept next to the data, readable by its owner 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pwd
@@ -71,16 +72,21 @@ class LocalPostgres:
     host: str = "127.0.0.1"
 
     @property
+    def place(self) -> Path:
+        """Where the files really are: ``folder``, or the folder its symlink points to."""
+        return self.folder.resolve()
+
+    @property
     def data_dir(self) -> Path:
-        return self.folder / "data"
+        return self.place / "data"
 
     @property
     def log_file(self) -> Path:
-        return self.folder / "postgres.log"
+        return self.place / "postgres.log"
 
     @property
     def password_file(self) -> Path:
-        return self.folder / "password"
+        return self.place / "password"
 
     def password(self) -> str:
         try:
@@ -103,10 +109,10 @@ class LocalPostgres:
         if self.initialised():
             return False
         bin_dir = find_bin_dir()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._hand_over(self.folder)
+        self._make_folder()
+        self._hand_over(self.place)
         password = secrets.token_urlsafe(24)
-        pwfile = self.folder / "initdb-password"
+        pwfile = self.place / "initdb-password"
         _write_private(pwfile, password + "\n")
         self._hand_over(pwfile)
         try:
@@ -206,6 +212,40 @@ class LocalPostgres:
             connection.close()
 
     # ------------------------------------------------------------------ helpers
+
+    def _make_folder(self) -> None:
+        """Create ``folder``; as root, where the ``postgres`` user can reach it.
+
+        PostgreSQL runs as ``postgres`` then, and a folder below a private one (``/root``,
+        pytest's ``/tmp/pytest-of-root``) is out of its reach. Rather than opening up the
+        user's folders, the files then go to ``/var/tmp/retrain-pipeline-postgres/<id>``
+        and ``folder`` becomes a symlink to it.
+        """
+        if self.folder.exists():
+            return
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0 or self._reachable(self.folder.parent):
+            self.folder.mkdir()
+            return
+        base = Path("/var/tmp/retrain-pipeline-postgres")
+        base.mkdir(mode=0o711, exist_ok=True)
+        base.chmod(0o711)  # others may pass through, not list
+        digest = hashlib.sha256(str(self.folder.absolute()).encode()).hexdigest()[:16]
+        real = base / digest
+        real.mkdir(exist_ok=True)
+        self.folder.symlink_to(real, target_is_directory=True)
+        logger.info(
+            "PostgreSQL's files are in %s (linked from %s): %s cannot reach the latter",
+            real,
+            self.folder,
+            SYSTEM_USER,
+        )
+
+    def _reachable(self, folder: Path) -> bool:
+        probe = subprocess.run(
+            [*self._as_server_user(), "test", "-x", str(folder)], capture_output=True, check=False
+        )
+        return probe.returncode == 0
 
     def _as_server_user(self) -> list[str]:
         return ["runuser", "-u", SYSTEM_USER, "--"] if os.geteuid() == 0 else []

@@ -2,7 +2,8 @@
 
 The state file is the pipeline's commit point: a batch counts as completed only once its
 record is written here, and the file is always replaced atomically, so after any crash it
-holds either the previous state or the new one.
+holds either the previous state or the new one. :mod:`retrain_pipeline.state_stores` chooses
+where the state and the lock live: these files, or PostgreSQL (``stores.state_database_url``).
 """
 
 from __future__ import annotations
@@ -185,9 +186,18 @@ def load_state(path: Path) -> PipelineState:
             f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
             "fix it or rebuild it from MLflow; it was left untouched"
         ) from exc
+    return parse_state(raw, str(path))
+
+
+def parse_state(raw: object, source: str, *, kind: str = "state file") -> PipelineState:
+    """Validate a decoded state document (from the file or another store) into a PipelineState.
+
+    Every store gives the same StateError messages, prefixed with ``source`` (the file, or
+    the store's description); ``kind`` names what was read ("state file", "state document").
+    """
     if isinstance(raw, dict) and raw.get("schema_version") != SCHEMA_VERSION:
         raise StateError(
-            f"{path}: unsupported schema_version {raw.get('schema_version')!r} "
+            f"{source}: unsupported schema_version {raw.get('schema_version')!r} "
             f"(this version reads {SCHEMA_VERSION}); it was left untouched"
         )
     try:
@@ -197,7 +207,7 @@ def load_state(path: Path) -> PipelineState:
             f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
             for e in exc.errors()
         )
-        raise StateError(f"{path}: invalid state file: {problems}; it was left untouched") from exc
+        raise StateError(f"{source}: invalid {kind}: {problems}; it was left untouched") from exc
 
 
 def save_state(path: Path, state: PipelineState) -> None:
