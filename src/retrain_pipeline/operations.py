@@ -17,7 +17,8 @@ from retrain_pipeline import data, tracking, versioning
 from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import StateError
 from retrain_pipeline.fileio import atomic_path
-from retrain_pipeline.state import Rollback, load_state, pipeline_lock, save_state, utc_now
+from retrain_pipeline.state import Rollback, utc_now
+from retrain_pipeline.state_stores import state_store
 
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 DEFAULT_PREFECT_UI = "http://127.0.0.1:4200"
@@ -36,12 +37,17 @@ def _cache_state(settings: Settings, md5: str | None) -> str:
     if not md5:
         return "-"
     path = versioning.cached_file(settings.root, md5)
-    return f"{path.relative_to(settings.root)} ({'present' if path.is_file() else 'missing'})"
+    local = f"{path.relative_to(settings.root)} ({'present' if path.is_file() else 'missing'})"
+    remote = settings.stores.dvc_remote
+    if remote is None:
+        return local
+    held = versioning.remote_has(settings.root, remote, md5)  # one existence check
+    return f"{local}; remote: {'unknown' if held is None else 'present' if held else 'missing'}"
 
 
 def lineage(settings: Settings, *, batch: int | None = None, version: str | None = None) -> dict[str, Any]:
     """Everything that ties a batch to its model and data (or a model version to its batch)."""
-    state = load_state(settings.paths.state_file)
+    state = state_store(settings).load()
     tracking.connect(settings.mlflow)
     if version is not None:
         info = tracking.version_info(settings.mlflow, version)
@@ -107,8 +113,9 @@ def rollback(settings: Settings, version: str, reason: str) -> Rollback:
     """Move the champion alias to an earlier committed version; record who, when and why."""
     if not reason.strip():
         raise StateError("a rollback needs a reason (REASON=...)")
-    with pipeline_lock(settings.lock_file, {"flow_run_id": "rollback"}):
-        state = load_state(settings.paths.state_file)
+    store = state_store(settings)
+    with store.lock({"flow_run_id": "rollback"}):
+        state = store.load()
         tracking.connect(settings.mlflow)
         info = tracking.version_info(settings.mlflow, version)
         if not info.committed or info.batch_number is None:
@@ -126,7 +133,7 @@ def rollback(settings: Settings, version: str, reason: str) -> Rollback:
             to_version=version,
             to_batch=info.batch_number,
         )
-        save_state(settings.paths.state_file, state.with_rollback(entry))
+        store.save(state.with_rollback(entry), what=f"the rollback to version {version}")
         tracking.set_champion(settings.mlflow, version)
         tracking.record_rollback(settings.mlflow, version, json.dumps(entry.model_dump()))
     return entry
@@ -137,9 +144,11 @@ def restore_data(settings: Settings, batch: int, out: Path | None = None) -> tup
 
     The batch's ``data_md5`` names its training-data manifest; every batch file it lists
     is taken from the cache, checked against its md5 and merged in the recorded order.
+    With ``stores.dvc_remote`` set, objects missing from the local cache are fetched from
+    the remote first (the batch files in one fetch), so this works on any machine.
     Returns the written file and the manifest's md5.
     """
-    record = load_state(settings.paths.state_file).record(batch)
+    record = state_store(settings).load().record(batch)
     if record is None or record.status != "completed" or not record.data_md5:
         raise StateError(f"batch {batch} is not completed: it has no training data to restore")
     payload = _cached_bytes(settings, record.data_md5, f"the training-data manifest of batch {batch}")
@@ -154,6 +163,8 @@ def restore_data(settings: Settings, batch: int, out: Path | None = None) -> tup
         raise StateError(
             f"DVC cache object {record.data_md5} of batch {batch} is not a manifest: {exc}"
         ) from exc
+    if settings.stores.dvc_remote is not None:  # what the cache lacks, in one fetch
+        versioning.fetch(settings.root, settings.stores.dvc_remote, [f.md5 for f in files])
     frames = [
         pd.read_parquet(io.BytesIO(_cached_bytes(settings, f.md5, f"{f.file} (batch {f.batch})")))
         for f in files
@@ -166,12 +177,18 @@ _PARQUET_MAGIC = b"PAR1"
 
 
 def _cached_bytes(settings: Settings, md5: str, what: str) -> bytes:
-    """The content DVC cached under ``md5``, checked against it."""
+    """The content DVC cached under ``md5`` (fetched from the DVC remote if absent), checked."""
+    from retrain_pipeline.config import redact_url
+
     cached = versioning.cached_file(settings.root, md5)
+    remote = settings.stores.dvc_remote
+    if remote is not None and not cached.is_file():
+        versioning.fetch(settings.root, remote, [md5])
     try:
         payload = cached.read_bytes()
     except OSError as exc:
-        raise StateError(f"DVC cache has no object {md5} for {what} ({cached})") from exc
+        nor = f", nor has DVC remote {redact_url(remote)}" if remote is not None else ""
+        raise StateError(f"DVC cache has no object {md5} for {what} ({cached}){nor}") from exc
     digest = hashlib.md5(payload, usedforsecurity=False).hexdigest()
     if digest != md5:
         raise StateError(f"DVC cache object {cached} for {what} is corrupt: md5 {digest} != {md5}")

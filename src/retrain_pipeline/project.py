@@ -14,6 +14,8 @@ logger = logging.getLogger(__name__)
 def prepare_project(settings: Settings) -> None:
     """Create the output folders, ``dvc init`` once, and write the raw data for ``sliced``.
 
+    With ``stores.dvc_remote`` set, that remote becomes the DVC repository's default remote
+    (``shared``, in the uncommitted ``.dvc/config.local``; updated when the URL changes).
     The raw file is written only when absent: raw data is immutable.
     """
     for folder in (
@@ -26,6 +28,8 @@ def prepare_project(settings: Settings) -> None:
     ):
         folder.mkdir(parents=True, exist_ok=True)
     versioning.ensure_repo(settings.root)
+    if settings.stores.dvc_remote is not None:
+        versioning.use_remote(settings.root, settings.stores.dvc_remote)
     raw_file = settings.data.raw_file
     if settings.data.source == "sliced" and not raw_file.exists():
         frame = breast_cancer_dataset(settings.data.shuffle_seed, settings.data.target_column)

@@ -1,34 +1,43 @@
-"""DVC I/O: initialise the project's DVC repository and track files. The only DVC importer."""
+"""DVC I/O: initialise the project's DVC repository, track files, and push them to (or fetch
+them by md5 from) the shared DVC remote. The only DVC importer."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import re
 import subprocess
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+from retrain_pipeline.config import redact_url
 from retrain_pipeline.errors import VersioningError
 
 logger = logging.getLogger(__name__)
 
+#: Name of the remote ``stores.dvc_remote`` configures (in ``.dvc/config.local``).
+SHARED_REMOTE = "shared"
+
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def _quiet(level: int = logging.WARNING) -> Iterator[None]:
     """Keep DVC's CLI hints ("To track the changes with git, run ...") out of the run log.
 
-    DVC's Python API prints them to stdout and logs them at INFO; warnings still pass.
+    DVC's Python API prints them to stdout and logs them at INFO; records at ``level`` and
+    above (warnings, by default) still pass.
     """
     buffer = io.StringIO()
     dvc_logger = logging.getLogger("dvc")
-    level = dvc_logger.level
-    dvc_logger.setLevel(logging.WARNING)
+    previous = dvc_logger.level
+    dvc_logger.setLevel(level)
     try:
         with contextlib.redirect_stdout(buffer):
             yield
     finally:
-        dvc_logger.setLevel(level)
+        dvc_logger.setLevel(previous)
     if buffer.getvalue().strip():
         logger.debug("dvc: %s", buffer.getvalue().strip())
 
@@ -119,3 +128,148 @@ def recorded_md5(path: Path) -> str | None:
 def cached_file(root: Path, md5: str) -> Path:
     """Where DVC 3 keeps the content with this md5 in the local cache."""
     return root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+
+# --------------------------------------------------------------------------- the shared remote
+
+_MD5 = re.compile(r"[0-9a-f]{32}")
+#: What a remote operation can raise besides DvcException: I/O errors of the remote's file
+#: system, and ImportError when its scheme needs a plugin that is not installed (dvc-s3, ...).
+_REMOTE_ERRORS: tuple[type[BaseException], ...] = (OSError, ImportError)
+
+
+def use_remote(root: Path, url: str) -> bool:
+    """Make ``url`` the default DVC remote of the repository in ``root``, named ``shared``.
+
+    Written to the repository's local config (``.dvc/config.local``, which DVC keeps out of
+    Git), so nothing committed changes; rewritten only when the URL (or the default) differs.
+    Other options of the ``shared`` section (credentials an operator added with
+    ``dvc remote modify --local shared ...``) are kept. True when the config changed.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with _quiet(), Repo(str(root)) as repo:
+            local = repo.config.read("local")
+            section = local.get("remote", {}).get(SHARED_REMOTE, {})
+            if str(section.get("url", "")) == url and local.get("core", {}).get("remote") == SHARED_REMOTE:
+                return False
+            with repo.config.edit("local") as conf:
+                conf["remote"].setdefault(SHARED_REMOTE, {})["url"] = url
+                conf["core"]["remote"] = SHARED_REMOTE
+    except (DvcException, OSError) as exc:
+        raise VersioningError(f"cannot set DVC remote {redact_url(url)} in {root}: {exc}") from exc
+    logger.info(
+        "DVC remote %r is %s (the default remote, in %s)",
+        SHARED_REMOTE,
+        redact_url(url),
+        root / ".dvc" / "config.local",
+    )
+    return True
+
+
+def _default_remote(repo: Any, root: Path) -> str:
+    """``DVC remote 'name' (url)`` for messages; VersioningError when there is none."""
+    name = repo.config["core"].get("remote")
+    if not name:
+        raise VersioningError(f"no default DVC remote is configured in {root} (stores.dvc_remote)")
+    url = repo.config["remote"].get(name, {}).get("url", "?")
+    return f"DVC remote {name!r} ({redact_url(str(url))})"
+
+
+def push(root: Path, paths: Sequence[Path]) -> int:
+    """Push the tracked files (each has a ``.dvc`` file) to the default DVC remote.
+
+    Objects the remote already holds are skipped. Returns how many objects were uploaded;
+    raises VersioningError naming the remote when there is none or the push fails.
+    """
+    if not paths:
+        return 0
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    started = time.perf_counter()
+    remote = "the default DVC remote"
+    try:
+        with _quiet(), Repo(str(root)) as repo:
+            remote = _default_remote(repo, root)
+            pushed = int(repo.push(targets=[str(path) for path in paths]))
+    except (DvcException, *_REMOTE_ERRORS) as exc:
+        raise VersioningError(f"dvc push of {len(paths)} file(s) to {remote} failed ({root}): {exc}") from exc
+    logger.info(
+        "Pushed %d new object(s) for %d file(s) to %s in %.2f s",
+        pushed,
+        len(paths),
+        remote,
+        time.perf_counter() - started,
+    )
+    return pushed
+
+
+def fetch(root: Path, remote: str, md5s: Iterable[str]) -> set[str]:
+    """Bring the objects with these md5s from the DVC remote ``remote`` into the local cache.
+
+    Objects already in the local cache (:func:`cached_file`) are not fetched; the others come
+    in one DVC transfer. ``remote`` is made the default remote first (:func:`use_remote`), and
+    the repository is created when ``root`` has none, so this works in a folder where the
+    project was never set up. DVC does not re-hash what it fetches: callers check the md5s.
+    Returns the md5s still missing from the cache afterwards (the remote lacks them); raises
+    VersioningError naming the remote when it cannot be read.
+    """
+    wanted = sorted(set(md5s))
+    bad = [md5 for md5 in wanted if not _MD5.fullmatch(md5)]
+    if bad:
+        raise VersioningError(f"not md5 hashes, cannot fetch them from a DVC remote: {bad}")
+    wanted = [md5 for md5 in wanted if not cached_file(root, md5).is_file()]
+    if not wanted:
+        return set()
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    ensure_repo(root)
+    use_remote(root, remote)
+    label = f"DVC remote {SHARED_REMOTE!r} ({redact_url(remote)})"
+    started = time.perf_counter()
+    try:
+        # ERROR: DVC warns about every object the remote lacks; the caller's error names them.
+        with _quiet(logging.ERROR), Repo(str(root)) as repo:
+            result = repo.cloud.pull([HashInfo("md5", md5) for md5 in wanted], remote=SHARED_REMOTE)
+    except (DvcException, *_REMOTE_ERRORS) as exc:
+        raise VersioningError(f"cannot fetch {len(wanted)} object(s) from {label}: {exc}") from exc
+    if result.failed:
+        failed = sorted(str(info.value) for info in result.failed)
+        raise VersioningError(f"fetching object(s) {failed} from {label} failed (see the log above)")
+    missing = {md5 for md5 in wanted if not cached_file(root, md5).is_file()}
+    logger.info(
+        "Fetched %d object(s) from %s into %s in %.2f s%s",
+        len(wanted) - len(missing),
+        label,
+        root / ".dvc" / "cache",
+        time.perf_counter() - started,
+        f"; it lacks {sorted(missing)}" if missing else "",
+    )
+    return missing
+
+
+def remote_has(root: Path, remote: str, md5: str) -> bool | None:
+    """Whether the DVC remote ``remote`` holds the object ``md5`` (one existence check).
+
+    None when it cannot be told without changing anything: no repository in ``root``, its
+    ``shared`` remote is not (yet) ``remote``, or the remote cannot be reached.
+    """
+    if not _MD5.fullmatch(md5) or not (root / ".dvc").is_dir():
+        return None
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with _quiet(logging.ERROR), Repo(str(root)) as repo:
+            if str(repo.config["remote"].get(SHARED_REMOTE, {}).get("url", "")) != remote:
+                return None
+            odb = repo.cloud.get_remote_odb(SHARED_REMOTE, "status")
+            return bool(odb.exists(md5))
+    except (DvcException, *_REMOTE_ERRORS) as exc:
+        logger.debug("cannot tell whether %s holds %s: %s", redact_url(remote), md5, exc)
+        return None

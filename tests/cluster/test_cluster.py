@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+import pytest
 from cluster_support import ClusterProject
 
 from retrain_pipeline.postgres import LocalPostgres
