@@ -27,40 +27,21 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
 def status_payload(settings: Settings, state: PipelineState) -> dict[str, Any]:
-    """What ``status --json`` prints: every batch plus the champion and the next batch.
+    """What ``status --json`` prints: the state document itself (the ``batch_state.json``
+    schema, whichever store holds it) plus what the schedule does next.
 
-    ``state_file`` is the state file, or None when the state lives in PostgreSQL;
-    ``state_store`` describes the store either way.
+    Added keys: ``state_file`` (None when the state lives in PostgreSQL), ``state_store``
+    (which store, password hidden), ``primary_metric``, ``next_batch``, ``max_batches``.
     """
     store = state_store(settings)
     upcoming = next_batch_number(state)
-    metric = settings.evaluation.primary_metric
-    batches = []
-    for key, record in state.batches.items():
-        batches.append(
-            {
-                "batch": int(key),
-                "status": record.status,
-                "rows": record.rows,
-                "training_rows": record.training_rows_total,
-                metric: (record.metrics or {}).get(metric),
-                f"champion_{metric}": (record.champion_metrics or {}).get(metric),
-                "promoted": record.promoted,
-                "model_version": record.model_version,
-                "finished_at": record.finished_at,
-                "error": record.error,
-            }
-        )
     return {
+        **state.model_dump(mode="json"),
         "state_file": str(settings.paths.state_file) if isinstance(store, FileStateStore) else None,
         "state_store": store.description,
-        "primary_metric": metric,
-        "champion_version": state.champion_version,
-        "processed_batches": state.processed_batches,
+        "primary_metric": settings.evaluation.primary_metric,
         "next_batch": upcoming if upcoming <= settings.automation.max_batches else None,
         "max_batches": settings.automation.max_batches,
-        "batches": batches,
-        "rollbacks": [r.model_dump() for r in state.rollbacks],
     }
 
 
@@ -80,17 +61,17 @@ def render_status(payload: dict[str, Any]) -> str:
     ]
     rows = [
         [
-            str(b["batch"]),
+            key,
             b["status"],
             _cell(b["rows"]),
-            _cell(b["training_rows"]),
-            _cell(b[metric]),
-            _cell(b[f"champion_{metric}"]),
+            _cell(b["training_rows_total"]),
+            _cell((b["metrics"] or {}).get(metric)),
+            _cell((b["champion_metrics"] or {}).get(metric)),
             _cell(b["promoted"]),
             _cell(b["model_version"]),
             _cell(b["finished_at"]),
         ]
-        for b in payload["batches"]
+        for key, b in payload["batches"].items()
     ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
@@ -98,9 +79,9 @@ def render_status(payload: dict[str, Any]) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     if not rows:
         lines.append("(no batches processed yet)")
-    for b in payload["batches"]:
+    for key, b in payload["batches"].items():
         if b["error"]:
-            lines.append(f"batch {b['batch']} {b['status']}: {b['error']}")
+            lines.append(f"batch {key} {b['status']}: {b['error']}")
     champion = payload["champion_version"]
     lines.append("")
     for rollback in payload["rollbacks"][-3:]:

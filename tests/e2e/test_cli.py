@@ -119,7 +119,8 @@ def test_cli_three_batches_and_a_malformed_file(
     assert status.returncode == 0, status.stderr
     payload = json.loads(status.stdout)
     assert payload["champion_version"] == state["champion_version"]
-    assert [b["batch"] for b in payload["batches"]] == [1, 2, 3, 4]
+    assert list(payload["batches"]) == ["1", "2", "3", "4"]
+    assert payload["batches"] == state["batches"]  # the state document itself
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,8 @@ def test_status_json_and_table(project: Path, capsys: pytest.CaptureFixture[str]
     assert cli(["status", "--json", "--params", str(project)]) == 0
     payload = json.loads(capsys.readouterr().out)
     state = load_state(load_settings(project).paths.state_file)
-    assert [b["batch"] for b in payload["batches"]] == [1, 2, 3]
+    assert list(payload["batches"]) == ["1", "2", "3"]
+    assert {k: payload[k] for k in state.model_dump()} == state.model_dump(mode="json")
     assert payload["champion_version"] == state.champion_version
     assert payload["next_batch"] == 4
     assert cli(["status", "--params", str(project)]) == 0

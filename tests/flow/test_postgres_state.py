@@ -91,7 +91,8 @@ def test_flow_keeps_its_state_in_postgres(
     payload = json.loads(printed)
     assert payload["state_file"] is None
     assert payload["state_store"] == store.description
-    assert [b["batch"] for b in payload["batches"]] == [1, 2]
+    assert list(payload["batches"]) == ["1", "2"]
+    assert {k: payload[k] for k in state.model_dump()} == state.model_dump(mode="json")
     assert payload["champion_version"] == state.champion_version and payload["next_batch"] == 3
     password = urlsplit(postgres_url).password
     assert password and password not in printed

@@ -84,7 +84,7 @@ def test_status_when_all_done_and_json(tmp_path: Path, capsys: pytest.CaptureFix
     params.write_text("automation: {max_batches: 2}\n")
     assert main(["status", "--json", "--params", str(params)]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["batches"] == [] and printed["next_batch"] == 1
+    assert printed["batches"] == {} and printed["next_batch"] == 1
 
 
 def test_cli_reports_a_bad_params_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
