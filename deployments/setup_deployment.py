@@ -152,8 +152,11 @@ def crash_automation_name(deployment_name: str) -> str:
 def crash_automation(deployment_id: UUID, deployment_name: str, heartbeat_s: int) -> AutomationCore:
     """Mark a run of this deployment Crashed when its heartbeats stop (Prefect's zombie-run recipe).
 
-    Proactive trigger: after each heartbeat of a flow run, expect another heartbeat or a
-    terminal state of the same run within ``MISSED_HEARTBEATS * heartbeat_s`` seconds.
+    Proactive trigger: after a flow run enters Running, and after each of its heartbeats,
+    expect another heartbeat or a terminal state of the same run within
+    ``MISSED_HEARTBEATS * heartbeat_s`` seconds. Running opens the first window: a run killed
+    before its first heartbeat reached the server would otherwise never be Crashed, and its
+    deployment concurrency slot would block every later run.
     Prefect's triggers service checks expired windows every 5 s, so a run is Crashed
     between ``(MISSED_HEARTBEATS - 1) * heartbeat_s`` and ``MISSED_HEARTBEATS * heartbeat_s + 5``
     seconds after its process died.
@@ -168,7 +171,7 @@ def crash_automation(deployment_id: UUID, deployment_name: str, heartbeat_s: int
         ),
         enabled=True,
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
+            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"},
             expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in TERMINAL_EVENTS)},
             match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
             match_related=ResourceSpecification(
