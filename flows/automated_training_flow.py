@@ -33,6 +33,8 @@ from retrain_pipeline.errors import ConfigError, DataValidationError, PipelineEr
 from retrain_pipeline.logs import (
     DEBUG_ENV,
     one_off_run_settings,
+    pipeline_error_behind,
+    prefect_api_failure,
     prefect_api_unreachable,
     quiet_pipeline_tracebacks,
     quiet_temporary_server_notices,
@@ -288,6 +290,17 @@ def main(argv: list[str] | None = None) -> int:
                 if unreachable is None:
                     raise
                 print(f"error: {unreachable}", file=sys.stderr)
+                return 1
+            except Exception as exc:
+                api_failure = prefect_api_failure(exc)
+                if api_failure is None:
+                    raise
+                # Logs that cannot reach the API are reported now, not after the result line.
+                send_pending_prefect_records(timeout_s=10)
+                cause = pipeline_error_behind(exc)
+                message = f"{cause} (then {api_failure})" if cause else api_failure
+                # Prefect's "--- Error logging to API ---" report ends without a newline.
+                print(f"\nerror: {message}", file=sys.stderr)
                 return 1
             send_pending_prefect_records()
             print(f"{outcome['status']}: {outcome['message']}", flush=True)

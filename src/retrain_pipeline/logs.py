@@ -128,3 +128,35 @@ def send_pending_prefect_records(timeout_s: float = 60.0) -> None:
 
     for service in (EventsWorker, APILogWorker):
         service.drain_all(timeout=timeout_s, at_exit=False)
+
+
+def pipeline_error_behind(exc: BaseException) -> BaseException | None:
+    """The pipeline error that was being handled when ``exc`` (a Prefect API failure) was raised.
+
+    When a run fails because a shared store went away (PostgreSQL stopped), Prefect then
+    fails to record the Failed state on a server that uses the same database: the user must
+    see the store's error, not the API's traceback.
+    """
+    from retrain_pipeline.errors import PipelineError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, PipelineError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def prefect_api_failure(exc: BaseException) -> str | None:
+    """One line for an error of Prefect's API (HTTP status or connection), else None."""
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    if isinstance(exc, PrefectHTTPStatusError):
+        request = exc.request
+        return f"Prefect API {request.method} {request.url} answered {exc.response.status_code}"
+    if isinstance(exc, httpx.HTTPError):
+        return f"Prefect API unreachable: {type(exc).__name__}: {exc}"
+    return None

@@ -281,7 +281,8 @@ def test_postgres_stopped_mid_run_fails_clearly_and_the_batch_trains_later(
         out, err = run.communicate(timeout=600)
     finally:
         cluster.make("start-cluster", timeout=600)  # PostgreSQL back; the servers reconnect
-    last = (err.strip().splitlines() or [""])[-1]
+    # The command's own last line (make adds "make: *** ... Error 1" after it).
+    last = ([line for line in err.strip().splitlines() if not line.startswith("make: ***")] or [""])[-1]
     assert run.returncode != 0, out
     assert last.startswith("error:") and "PostgreSQL" in last, err[-3000:]
     document = state_document(cluster)

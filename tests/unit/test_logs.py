@@ -78,3 +78,28 @@ def test_pipeline_errors_lose_their_traceback_others_keep_it() -> None:
     unexpected = record(RuntimeError("boom"))
     assert DropPipelineTracebacks().filter(expected) and expected.exc_info is None
     assert DropPipelineTracebacks().filter(unexpected) and unexpected.exc_info is not None
+
+
+def test_the_pipeline_error_behind_a_prefect_api_failure_is_found() -> None:
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from retrain_pipeline.errors import StateError
+    from retrain_pipeline.logs import pipeline_error_behind, prefect_api_failure
+
+    request = httpx.Request("POST", "http://127.0.0.1:4300/api/flow_runs/x/set_state")
+    response = httpx.Response(500, request=request)
+    try:
+        try:
+            raise StateError("PostgreSQL state store postgresql://u:***@h/db: connection lost")
+        except StateError:
+            raise PrefectHTTPStatusError("500", request=request, response=response) from None
+    except PrefectHTTPStatusError as exc:
+        api_error = exc
+    # `from None` hides the cause in tracebacks but keeps the context: still found.
+    assert str(pipeline_error_behind(api_error)).startswith("PostgreSQL state store")
+    assert prefect_api_failure(api_error) == (
+        "Prefect API POST http://127.0.0.1:4300/api/flow_runs/x/set_state answered 500"
+    )
+    assert pipeline_error_behind(ValueError("plain")) is None
+    assert prefect_api_failure(ValueError("plain")) is None
