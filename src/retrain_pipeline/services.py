@@ -309,6 +309,7 @@ def start(spec: ServiceSpec, settings: Settings, timeout: float = 120.0, folder:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_default_stop_signals,
         )
     record = {
         "pid": process.pid,
@@ -333,6 +334,18 @@ def start(spec: ServiceSpec, settings: Settings, timeout: float = 120.0, folder:
     _stop_group(process.pid, spec.stop_signal, 10)
     pid_file.unlink(missing_ok=True)
     raise ServiceError(f"{spec.name} did not become ready within {timeout:.0f} s:\n{_tail(log_file, offset)}")
+
+
+def _default_stop_signals() -> None:
+    """In the child before exec: SIGINT and SIGTERM back to their default actions.
+
+    A shell starts background jobs (``make start-cluster &``, nohup, CI steps) with SIGINT
+    ignored, exec keeps ignored signals ignored, and Python then never installs its
+    KeyboardInterrupt handler: the worker would shrug off the SIGINT that stops it and be
+    killed only after the stop timeout.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def stop(settings: Settings, name: str, timeout: float = 30.0, folder: Path | None = None) -> str:
