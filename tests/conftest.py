@@ -75,6 +75,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres
         yield server
     finally:
         server.stop()
+        server.remove()
 
 
 @pytest.fixture

@@ -191,6 +191,15 @@ class LocalPostgres:
         )
         return f"postgres: stopped ({self.data_dir})"
 
+    def remove(self) -> None:
+        """Delete the stopped server's files (and the folder they were linked from)."""
+        if self.running():
+            raise PostgresError(f"PostgreSQL in {self.data_dir} is running: stop it first")
+        place = self.place
+        if self.folder.is_symlink():
+            self.folder.unlink()
+        shutil.rmtree(place, ignore_errors=True)
+
     def create_database(self, name: str) -> bool:
         """Create database ``name`` unless it exists; True when created."""
         import psycopg2

@@ -21,6 +21,7 @@ import yaml
 from cluster_support import ClusterProject
 
 from journeys.journeys_support import REPO, copy_project, journey_env
+from retrain_pipeline.postgres import LocalPostgres, PostgresError
 
 CLUSTER_PARAMS = {
     "model": {"hyperparameters": {"n_estimators": 25, "max_depth": 4, "n_jobs": 1}},
@@ -75,6 +76,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProject
         for pid in project.cluster_processes():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(PostgresError):  # its files may live outside tmp (see LocalPostgres)
+            LocalPostgres(root / ".cluster" / "postgres", ports["postgres"]).remove()
         print("\n".join(project.log))
 
 
