@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,13 @@ class Cluster:
             "RETRAIN_STATE_DATABASE_URL": self.postgres.url("retrain"),
             "RETRAIN_DVC_REMOTE": str(self.dvc_remote),
             # make deploy / make trigger from a client keep the deployment on the workers' code
-            "RETRAIN_CODE_SOURCE": _git_source(self.settings.root),
+            "RETRAIN_CODE_SOURCE": self.code_source,
         }
+
+    @cached_property
+    def code_source(self) -> str:
+        """The project's Git repository as a URL workers clone (one ``git`` call per cluster)."""
+        return _git_source(self.settings.root)
 
 
 # --------------------------------------------------------------------------- start
@@ -125,7 +131,7 @@ class Cluster:
 def start(cluster: Cluster, timeout: float = 180.0) -> list[str]:
     """Start every piece that is not running yet; returns one line per piece."""
     settings = cluster.settings
-    source = _git_source(settings.root)
+    source = cluster.code_source
     _save_ports(cluster)
     lines = [cluster.postgres.start()]
     for database in DATABASES:
@@ -213,49 +219,18 @@ def _prefect_spec(cluster: Cluster) -> services.ServiceSpec:
         PREFECT_HOME=str(cluster.folder / "prefect-home"),
         PREFECT_API_DATABASE_CONNECTION_URL=cluster.postgres.url("prefect", driver="asyncpg"),
     )
-    host, port = cluster.ports.host, str(cluster.ports.prefect)
-    argv = [services._bin("prefect"), "server", "start", "--host", host, "--port", port]
-    return services.ServiceSpec(
-        "prefect",
-        argv,
-        env,
-        cluster.prefect_api,
-        services._http_ok(f"{cluster.prefect_api}/health"),
-        signal.SIGTERM,
-        "prefect",
-        cwd=cluster.folder,
-    )
+    return services.prefect_server_spec(cluster.ports.host, cluster.ports.prefect, env, cluster.folder)
 
 
 def _mlflow_spec(cluster: Cluster) -> services.ServiceSpec:
     env = _base_env(cluster)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job consumers
-    artifacts = cluster.folder / "mlflow-artifacts"
-    argv = [
-        services._bin("mlflow"),
-        "server",
-        "--backend-store-uri",
-        cluster.postgres.url("mlflow"),
-        # Proxied artifacts: workers on other machines upload and download through this server.
-        "--artifacts-destination",
-        artifacts.as_uri(),
-        "--serve-artifacts",
-        "--host",
-        cluster.ports.host,
-        "--port",
-        str(cluster.ports.mlflow),
-        "--workers",
-        "1",
-    ]
-    return services.ServiceSpec(
-        "mlflow",
-        argv,
-        env,
-        cluster.mlflow_uri,
-        services._http_ok(f"{cluster.mlflow_uri}/health"),
-        signal.SIGTERM,
-        "mlflow",
-        cwd=cluster.folder,
+    # Proxied artifacts: workers on other machines upload and download through this server.
+    destination = (cluster.folder / "mlflow-artifacts").as_uri()
+    artifacts = ["--artifacts-destination", destination, "--serve-artifacts"]
+    store = cluster.postgres.url("mlflow")
+    return services.mlflow_server_spec(
+        store, artifacts, cluster.ports.host, cluster.ports.mlflow, env, cluster.folder
     )
 
 
@@ -324,27 +299,8 @@ def _worker_spec(cluster: Cluster, name: str) -> services.ServiceSpec:
         # a real other machine installs its own with `make install`).
         PYTHONPATH=str(folder / "src"),
     )
-    argv = [
-        services._bin("prefect"),
-        "worker",
-        "start",
-        "--pool",
-        cluster.settings.automation.work_pool,
-        "--type",
-        "process",
-        "--name",
-        f"{cluster.folder.parent.name}-{name}",
-    ]
-    return services.ServiceSpec(
-        name,
-        argv,
-        env,
-        cluster.prefect_api,
-        services._log_says("started!"),
-        signal.SIGINT,
-        "worker",
-        cwd=folder,
-    )
+    name_args = ("--name", f"{cluster.folder.parent.name}-{name}")
+    return services.worker_spec(name, cluster.settings.automation.work_pool, env, name_args, folder)
 
 
 def _write_env(cluster: Cluster) -> None:
@@ -387,11 +343,11 @@ def stop(cluster: Cluster, timeout: float = 60.0) -> list[str]:
     return lines
 
 
-def _cluster_processes(cluster: Cluster, spare_groups: frozenset[int] | set[int] = frozenset()) -> list[int]:
-    """Live processes whose environment marks them as started by this cluster (flow runs
-    included: a process worker starts each in a session of its own), except those in
-    ``spare_groups``."""
-    marker = f"{CLUSTER_ENV}={cluster.folder}".encode()
+def cluster_processes(folder: Path, spare_groups: frozenset[int] | set[int] = frozenset()) -> list[int]:
+    """Live processes whose environment marks them as started by the cluster in ``folder``
+    (flow runs included: a process worker starts each in a session of its own), except
+    those in ``spare_groups``."""
+    marker = f"{CLUSTER_ENV}={folder}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -410,13 +366,13 @@ def _cluster_processes(cluster: Cluster, spare_groups: frozenset[int] | set[int]
 def _stop_leftovers(
     cluster: Cluster, timeout: float, spare_groups: frozenset[int] | set[int] = frozenset()
 ) -> list[int]:
-    pids = _cluster_processes(cluster, spare_groups)
+    pids = cluster_processes(cluster.folder, spare_groups)
     for pid in pids:
         _signal(pid, signal.SIGINT)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _cluster_processes(cluster, spare_groups):
+    while time.monotonic() < deadline and cluster_processes(cluster.folder, spare_groups):
         time.sleep(0.25)
-    for pid in _cluster_processes(cluster, spare_groups):
+    for pid in cluster_processes(cluster.folder, spare_groups):
         _signal(pid, signal.SIGKILL)
     return pids
 

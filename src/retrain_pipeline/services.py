@@ -117,68 +117,63 @@ def spec_for(name: str, settings: Settings, endpoints: Endpoints) -> ServiceSpec
     env = base_env(settings)
     if name == "prefect":
         env.pop("PREFECT_API_URL", None)
-        return ServiceSpec(
-            name,
-            [
-                _bin("prefect"),
-                "server",
-                "start",
-                "--host",
-                endpoints.prefect_host,
-                "--port",
-                str(endpoints.prefect_port),
-            ],
-            env,
-            endpoints.prefect_api,
-            _http_ok(f"{endpoints.prefect_api}/health"),
-            signal.SIGTERM,
-            "prefect",
-        )
+        return prefect_server_spec(endpoints.prefect_host, endpoints.prefect_port, env)
     if name == "mlflow":
         store = settings.mlflow.tracking_uri
         if settings.mlflow.is_remote:
             raise ServiceError(f"mlflow.tracking_uri is already a server ({store}); nothing to start")
-        return ServiceSpec(
-            name,
-            [
-                _bin("mlflow"),
-                "server",
-                "--backend-store-uri",
-                store,
-                *mlflow_artifact_args(settings),
-                "--host",
-                endpoints.mlflow_host,
-                "--port",
-                str(endpoints.mlflow_port),
-                "--workers",
-                "1",
-            ],
-            env,
-            endpoints.mlflow_uri,
-            _http_ok(f"{endpoints.mlflow_uri}/health"),
-            signal.SIGTERM,
-            "mlflow",
+        return mlflow_server_spec(
+            store, mlflow_artifact_args(settings), endpoints.mlflow_host, endpoints.mlflow_port, env
         )
     if name == "worker":
         env.update(worker_env(settings))
-        return ServiceSpec(
-            name,
-            [
-                _bin("prefect"),
-                "worker",
-                "start",
-                "--pool",
-                settings.automation.work_pool,
-                "--type",
-                "process",
-            ],
-            env,
-            env["PREFECT_API_URL"],
-            _log_says("started!"),
-            signal.SIGINT,  # a Prefect worker ignores SIGTERM for a long time; SIGINT stops it
-            "worker",
-        )
+        return worker_spec(name, settings.automation.work_pool, env)
     raise ServiceError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}")
+
+
+def prefect_server_spec(host: str, port: int, env: dict[str, str], cwd: Path | None = None) -> ServiceSpec:
+    """``prefect server start``; its database is whatever ``env`` configures (SQLite by default)."""
+    url = f"http://{host}:{port}/api"
+    argv = [_bin("prefect"), "server", "start", "--host", host, "--port", str(port)]
+    return ServiceSpec("prefect", argv, env, url, _http_ok(f"{url}/health"), signal.SIGTERM, "prefect", cwd)
+
+
+def mlflow_server_spec(
+    store: str, artifact_args: list[str], host: str, port: int, env: dict[str, str], cwd: Path | None = None
+) -> ServiceSpec:
+    """``mlflow server`` over ``store`` with one web worker (2 cores); see :func:`mlflow_artifact_args`."""
+    url = f"http://{host}:{port}"
+    argv = [
+        _bin("mlflow"),
+        "server",
+        "--backend-store-uri",
+        store,
+        *artifact_args,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    return ServiceSpec("mlflow", argv, env, url, _http_ok(f"{url}/health"), signal.SIGTERM, "mlflow", cwd)
+
+
+def worker_spec(
+    name: str, pool: str, env: dict[str, str], extra_args: tuple[str, ...] = (), cwd: Path | None = None
+) -> ServiceSpec:
+    """A Prefect process worker for ``pool``, talking to ``env["PREFECT_API_URL"]``."""
+    argv = [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process", *extra_args]
+    return ServiceSpec(
+        name,
+        argv,
+        env,
+        env["PREFECT_API_URL"],
+        _log_says("started!"),
+        signal.SIGINT,  # a Prefect worker ignores SIGTERM for a long time; SIGINT stops it
+        "worker",
+        cwd,
+    )
 
 
 def mlflow_artifact_args(settings: Settings) -> list[str]:

@@ -6,7 +6,7 @@ import shlex
 from pathlib import Path
 
 from journeys.journeys_support import Project
-from retrain_pipeline.cluster import CLUSTER_ENV
+from retrain_pipeline.cluster import cluster_processes
 
 
 class ClusterProject(Project):
@@ -28,16 +28,8 @@ class ClusterProject(Project):
         return self.root / ".cluster" / "workers" / name
 
     def cluster_processes(self) -> list[int]:
-        marker = f"{CLUSTER_ENV}={self.root / '.cluster'}".encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                environ = (entry / "environ").read_bytes()
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if marker in environ.split(b"\0") and stat.rsplit(")", 1)[1].split()[0] != "Z":
-                found.append(int(entry.name))
-        return found
+        return cluster_processes(self.root / ".cluster")
+
+    def as_client(self) -> Project:
+        """This clone in a shell that sourced ``.cluster/env`` (same log)."""
+        return Project(self.root, self.client(), self.ports, self.log)

@@ -56,6 +56,15 @@ def client_make(cluster: ClusterProject, *targets: str, **variables: str) -> sub
     )
 
 
+def client_python(cluster: ClusterProject, code: str) -> str:
+    """Run ``code`` in a fresh interpreter with the client's cluster settings; returns stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=cluster.client(), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
 def prefect(cluster: ClusterProject, code: str) -> str:
     """Run a few lines against the cluster's Prefect API in a fresh interpreter; returns stdout."""
     script = (
@@ -64,11 +73,7 @@ def prefect(cluster: ClusterProject, code: str) -> str:
         "from prefect.deployments import run_deployment\n"
         "client = get_client(sync_client=True).__enter__()\n" + code
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=cluster.client(), capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    return client_python(cluster, script)
 
 
 def fire_deployment_runs(cluster: ClusterProject, batches: list[int | None]) -> list[str]:
@@ -88,16 +93,7 @@ def flow_run_states(cluster: ClusterProject, ids: list[str]) -> dict[str, str]:
 
 def state_document(cluster: ClusterProject) -> dict[str, Any]:
     """The state as the client's ``make status JSON=1`` prints it."""
-    result = subprocess.run(
-        ["make", "--no-print-directory", "status", "JSON=1"],
-        cwd=cluster.root,
-        env=cluster.client(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return dict(json.loads(result.stdout))
+    return dict(json.loads(cluster.as_client().make("status", timeout=120, JSON="1").stdout))
 
 
 def completed(document: dict[str, Any]) -> list[int]:
@@ -112,11 +108,8 @@ def finished_runs_per_batch(cluster: ClusterProject) -> dict[int, int]:
         "count = collections.Counter(r.data.tags.get('batch_number') for r in done)\n"
         "print(json.dumps(count))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=cluster.client(), capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return {int(k): v for k, v in json.loads(result.stdout).items() if k is not None and k != "null"}
+    counts = json.loads(client_python(cluster, code))
+    return {int(k): v for k, v in counts.items() if k is not None and k != "null"}
 
 
 def advisory_lock_held(cluster: ClusterProject) -> bool:
@@ -218,15 +211,7 @@ def test_concurrent_runs_from_both_sides_train_each_batch_exactly_once(cluster: 
 
 def test_restore_data_from_the_client_comes_from_the_remote(cluster: ClusterProject) -> None:
     """The client clone trained none of batch 6's data itself: restore-data pulls it."""
-    result = subprocess.run(
-        ["make", "--no-print-directory", "restore-data", "BATCH=6"],
-        cwd=cluster.root,
-        env=cluster.client(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = cluster.as_client().make("restore-data", timeout=300, BATCH="6")
     import pandas as pd
 
     restored = [Path(word) for word in result.stdout.split() if word.endswith(".parquet")]
