@@ -9,16 +9,26 @@ Exit codes: 0 trained, or nothing to do (no new data, all batches done, another 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    # A command-line run with no Prefect server: start Prefect's temporary API server first, so
+    # that it boots on the other core while this process imports the libraries below.
+    from retrain_pipeline.api_server import start_for_command_line
+
+    start_for_command_line(sys.argv[1:], default_params=Path(__file__).resolve().parents[1] / "params.yaml")
+
 import argparse
 import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
+from retrain_pipeline.api_server import TemporaryApiTimeoutError
+from retrain_pipeline.api_server import started as started_api_server
 from retrain_pipeline.batch_manager import choose_batch, pause_schedule, record_batch
 from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings
 from retrain_pipeline.data_tasks import (
@@ -39,6 +49,7 @@ from retrain_pipeline.logs import (
     quiet_pipeline_tracebacks,
     quiet_temporary_server_notices,
     send_pending_prefect_records,
+    temporary_api_unreachable,
 )
 from retrain_pipeline.model_tasks import (
     evaluate,
@@ -275,7 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     running = running_urls(settings)
     if "mlflow" in running and not os.environ.get("MLFLOW_TRACKING_URI"):
         os.environ["MLFLOW_TRACKING_URI"] = running["mlflow"]
-    with one_off_run_settings(prefect_home(settings), running.get("prefect")):
+    api_url = running.get("prefect")
+    temporary_api = started_api_server()
+    if api_url is None and temporary_api is not None:
+        try:
+            api_url = temporary_api.wait()
+        except TemporaryApiTimeoutError as exc:
+            print(f"error: {temporary_api_unreachable(exc.waited_s)}", file=sys.stderr)
+            return 1
+    with one_off_run_settings(prefect_home(settings), api_url):
         while True:
             try:
                 outcome = automated_training_flow(

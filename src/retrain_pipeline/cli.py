@@ -8,22 +8,18 @@ python -m retrain_pipeline.cli mlflow-ui --params params.yaml [--host H] [--port
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from retrain_pipeline import operations
+from retrain_pipeline.arguments import host_argument, port_argument
 from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings
 from retrain_pipeline.errors import PipelineError
 from retrain_pipeline.state import PipelineState, next_batch_number
 from retrain_pipeline.state_stores import FileStateStore, state_store
-
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
 def status_payload(settings: Settings, state: PipelineState) -> dict[str, Any]:
@@ -125,21 +121,6 @@ def version_argument(text: str) -> str:
     return str(int(text))
 
 
-def host_argument(text: str) -> str:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        if not _HOSTNAME.match(text):
-            raise argparse.ArgumentTypeError(f"not a valid host name or IP address: {text!r}") from None
-    return text
-
-
-def port_argument(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be an integer between 1 and 65535, got {text!r}")
-    return int(text)
-
-
 def _mlflow_ui(settings: Settings, host: str, port: int) -> int:
     """The MLflow server of ``make start-services``, in the foreground (one artifact scheme)."""
     from retrain_pipeline import services
@@ -204,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        settings = load_settings(args.params)
+        settings = load_settings(args.params, light=args.command in ("status", "mlflow-ui"))
         if args.command == "setup":
             from retrain_pipeline.project import prepare_project
 
@@ -217,7 +198,20 @@ def main(argv: list[str] | None = None) -> int:
             return _mlflow_ui(settings, args.host, args.port)
         elif args.command == "rebuild-state":
             print(_rebuild_state(settings))
-        elif args.command == "lineage":
+        elif args.command in ("lineage", "rollback", "restore-data"):
+            return _operation(settings, args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _operation(settings: Settings, args: argparse.Namespace) -> int:
+    """lineage, rollback and restore-data: they need pandas, MLflow and DVC, so import late."""
+    from retrain_pipeline import operations
+
+    try:
+        if args.command == "lineage":
             payload = operations.lineage(settings, batch=args.batch, version=args.version)
             print(json.dumps(payload, indent=2) if args.json else operations.render_lineage(payload))
         elif args.command == "rollback":

@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from retrain_pipeline import services
-from retrain_pipeline.cli import host_argument, port_argument
+from retrain_pipeline.arguments import host_argument, port_argument
 from retrain_pipeline.config import Settings, load_settings, redact_url
 from retrain_pipeline.errors import PipelineError
 from retrain_pipeline.fileio import write_text_atomic
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        settings = load_settings(args.params)
+        settings = load_settings(args.params, light=True)
         overrides = {
             "host": args.host,
             "postgres": args.postgres_port,

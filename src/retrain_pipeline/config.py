@@ -69,6 +69,11 @@ def _root(info: ValidationInfo) -> Path:
     return root
 
 
+def _light(info: ValidationInfo) -> bool:
+    """Loaded with ``light=True``: skip the checks that import scikit-learn or Prefect."""
+    return bool(info.context and info.context.get("light"))
+
+
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     """Resolve a relative path against the params file's folder; normalise ``..`` away."""
     return (_root(info) / value.expanduser()).resolve()
@@ -161,7 +166,9 @@ class ModelConfig(_Section):
 
     @field_validator("estimator")
     @classmethod
-    def _estimator_is_a_classifier(cls, value: str) -> str:
+    def _estimator_is_a_classifier(cls, value: str, info: ValidationInfo) -> str:
+        if _light(info):
+            return value
         from sklearn.base import is_classifier  # local: keep config import light
 
         if not is_classifier(_instantiate(value)):
@@ -174,7 +181,7 @@ class ModelConfig(_Section):
         cls, value: dict[str, Any], info: ValidationInfo
     ) -> dict[str, Any]:
         name = info.data.get("estimator")
-        if name is None:  # the estimator itself was invalid; that error is reported
+        if name is None or _light(info):  # None: the estimator itself was invalid (reported)
             return value
         instance = _instantiate(name)
         accepted = instance.get_params()
@@ -288,7 +295,9 @@ class AutomationConfig(_Section):
 
     @field_validator("cron_schedule")
     @classmethod
-    def _valid_cron(cls, value: str) -> str:
+    def _valid_cron(cls, value: str, info: ValidationInfo) -> str:
+        if _light(info):
+            return value
         from prefect.client.schemas.schedules import CronSchedule
 
         try:
@@ -442,8 +451,11 @@ class Settings(_Section):
         return self.paths.metrics_dir / "latest.json"
 
     @classmethod
-    def from_mapping(cls, raw: dict[str, Any], root: Path, params_file: Path | None = None) -> Settings:
-        """Validate a params mapping whose relative paths belong to ``root``."""
+    def from_mapping(
+        cls, raw: dict[str, Any], root: Path, params_file: Path | None = None, *, light: bool = False
+    ) -> Settings:
+        """Validate a params mapping whose relative paths belong to ``root`` (``light``: see
+        :func:`load_settings`)."""
         source = str(params_file) if params_file else "built-in defaults"
         reserved = sorted({"root", "params_file"} & set(raw))
         if reserved:
@@ -461,7 +473,7 @@ class Settings(_Section):
         root = root.resolve()
         try:
             return cls.model_validate(
-                {**data, "root": root, "params_file": params_file}, context={"root": root}
+                {**data, "root": root, "params_file": params_file}, context={"root": root, "light": light}
             )
         except ValidationError as exc:
             raise ConfigError(f"{source}: {_describe(exc)}") from exc
@@ -485,16 +497,21 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def load_settings(params_file: Path | str | None, default_root: Path | None = None) -> Settings:
+def load_settings(
+    params_file: Path | str | None, default_root: Path | None = None, *, light: bool = False
+) -> Settings:
     """Load and validate a params file.
 
     ``params_file`` None means the built-in defaults, with relative paths under
-    ``default_root`` (required then).
+    ``default_root`` (required then). ``light`` skips the three checks that import
+    scikit-learn or Prefect (about 5 s): the estimator, its hyperparameters and the cron
+    expression. Commands that neither train nor schedule (services, status) load light;
+    every run and ``make deploy`` check everything.
     """
     if params_file is None:
         if default_root is None:
             raise ConfigError("no params file given and no project root to apply defaults to")
-        return Settings.from_mapping({}, default_root, None)
+        return Settings.from_mapping({}, default_root, None, light=light)
     path = Path(params_file).expanduser().resolve()
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
@@ -506,4 +523,4 @@ def load_settings(params_file: Path | str | None, default_root: Path | None = No
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
-    return Settings.from_mapping(raw, path.parent, path)
+    return Settings.from_mapping(raw, path.parent, path, light=light)

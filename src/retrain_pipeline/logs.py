@@ -108,9 +108,13 @@ def prefect_api_unreachable(exc: BaseException) -> str | None:
         return None
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
-    waited = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+    return temporary_api_unreachable(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+
+
+def temporary_api_unreachable(waited: float) -> str:
+    """The one-line explanation of a temporary API server that did not answer in time."""
     return (
-        f"Prefect's temporary API server did not answer within {waited} s (its first start "
+        f"Prefect's temporary API server did not answer within {waited:g} s (its first start "
         f"migrates a new database); set {STARTUP_TIMEOUT_ENV} to wait longer, "
         "or start the project's Prefect server once with `make start-services`"
     )
