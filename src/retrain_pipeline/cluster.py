@@ -300,7 +300,7 @@ def _worker_spec(cluster: Cluster, name: str) -> services.ServiceSpec:
         PYTHONPATH=str(folder / "src"),
     )
     name_args = ("--name", f"{cluster.folder.parent.name}-{name}")
-    return services.worker_spec(name, cluster.settings.automation.work_pool, env, name_args, folder)
+    return services.worker_spec(name, cluster.settings.automation, env, name_args, folder)
 
 
 def _write_env(cluster: Cluster) -> None:

@@ -273,6 +273,10 @@ class AutomationConfig(_Section):
     work_pool: str = Field(default="retraining-pool", pattern=_NAME_PATTERN)
     deployment_name: str = Field(default="automated-retraining", pattern=_NAME_PATTERN)
     pause_when_done: bool = True
+    # How often a worker asks Prefect for runs, and how early it starts a scheduled run's
+    # process: that process imports the flow's libraries and then waits for the tick.
+    worker_poll_seconds: float = Field(default=5.0, ge=1, le=300)
+    worker_prefetch_seconds: float = Field(default=30.0, ge=0, le=3600)
     # Where workers get the flow's code: null = this project's folder (workers on this
     # machine); a Git URL (https://, ssh://, git@host:path, file://) that every worker clones.
     code_source: str | None = None

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from retrain_pipeline import tracking
 from retrain_pipeline.arguments import host_argument, port_argument
-from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline.config import AutomationConfig, Settings, load_settings
 from retrain_pipeline.errors import PipelineError
 from retrain_pipeline.fileio import write_text_atomic
 
@@ -127,7 +127,7 @@ def spec_for(name: str, settings: Settings, endpoints: Endpoints) -> ServiceSpec
         )
     if name == "worker":
         env.update(worker_env(settings))
-        return worker_spec(name, settings.automation.work_pool, env)
+        return worker_spec(name, settings.automation, env)
     raise ServiceError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}")
 
 
@@ -163,9 +163,25 @@ def mlflow_server_spec(
 
 
 def worker_spec(
-    name: str, pool: str, env: dict[str, str], extra_args: tuple[str, ...] = (), cwd: Path | None = None
+    name: str,
+    automation: AutomationConfig,
+    env: dict[str, str],
+    extra_args: tuple[str, ...] = (),
+    cwd: Path | None = None,
 ) -> ServiceSpec:
-    """A Prefect process worker for ``pool``, talking to ``env["PREFECT_API_URL"]``."""
+    """A Prefect process worker for the work pool, talking to ``env["PREFECT_API_URL"]``.
+
+    It polls every ``automation.worker_poll_seconds`` and starts a scheduled run's process
+    ``automation.worker_prefetch_seconds`` early: the process loads the flow (the imports, about
+    10 s on 2 cores) and Prefect holds it until the scheduled time, so the run itself starts
+    on the tick. Prefect's own settings in the environment win.
+    """
+    env = {
+        "PREFECT_WORKER_QUERY_SECONDS": f"{automation.worker_poll_seconds:g}",
+        "PREFECT_WORKER_PREFETCH_SECONDS": f"{automation.worker_prefetch_seconds:g}",
+        **env,
+    }
+    pool = automation.work_pool
     argv = [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process", *extra_args]
     return ServiceSpec(
         name,

@@ -35,6 +35,18 @@ class LoggedModel:
     model_uri: str
 
 
+def import_mlflow(tracking_uri: str | None) -> None:
+    """Import what logging and loading a model need ahead of the first call (about 5 s on
+    2 cores: MLflow, its scikit-learn flavour, skops and, unless ``tracking_uri`` is a
+    server, MLflow's SQL store); see the flow's warm start."""
+    import mlflow.sklearn
+    import skops.io  # noqa: F401
+
+    if not (tracking_uri or "").startswith(("http://", "https://")):
+        import mlflow.store.model_registry.sqlalchemy_store
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+
 def connect(config: MlflowConfig) -> str:
     """Point MLflow at the configured store and return the experiment id (created if absent).
 
