@@ -53,6 +53,10 @@ $(POETRY):
 $(STAMP): pyproject.toml poetry.lock | $(POETRY)
 	@index="$$($(PYTHON) -m pip config get global.index-url 2>/dev/null || $(PYTHON) -c 'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')"; \
 	POETRY_PYPI_MIRROR_URL="$$index" $(POETRY) install --no-interaction --sync
+	@# Bytecode for every installed module, once: where PYTHONDONTWRITEBYTECODE is set (CI images,
+	@# containers) Python otherwise compiles them from source in every process: the flow's imports
+	@# took 13 s instead of 5 (BENCHMARKS.md, cold start).
+	$(PY) -m compileall -q -j 0 "$(VENV)/lib" src flows deployments >/dev/null
 	@touch $(STAMP)
 
 install: $(STAMP) ## Install Poetry (if absent) and the locked environment into .venv
