@@ -42,6 +42,7 @@ from retrain_pipeline.data_tasks import (
 from retrain_pipeline.errors import ConfigError, DataValidationError, PipelineError
 from retrain_pipeline.logs import (
     DEBUG_ENV,
+    exit_without_teardown,
     one_off_run_settings,
     pipeline_error_behind,
     prefect_api_failure,
@@ -351,4 +352,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from retrain_pipeline.errors import PipelineError
 
@@ -164,3 +167,21 @@ def prefect_api_failure(exc: BaseException) -> str | None:
     if isinstance(exc, httpx.HTTPError):
         return f"Prefect API unreachable: {type(exc).__name__}: {exc}"
     return None
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """End a command-line run now: what a normal exit does, minus the interpreter's teardown.
+
+    Non-daemon threads are joined, every ``atexit`` handler runs (Prefect's last log and event
+    delivery, the temporary API server's stop), logging and the standard streams are flushed;
+    only the destruction of the some 5,000 loaded modules is skipped, which took 1.4-2 s
+    after every run (MLflow, Prefect, DVC, scikit-learn). Nothing is written there.
+    """
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
