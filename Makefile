@@ -170,7 +170,7 @@ test: install ## Run the whole test suite (unit, flow, e2e, integration, robustn
 bench: install ## Benchmark the flow against a plain script (writes BENCHMARKS.md and benchmarks/results/)
 	$(PY) -m benchmarks.run_benchmark
 
-bench-smoke: install ## The benchmark on tiny sizes (about 2 minutes: Prefect start-up dominates)
+bench-smoke: install ## The benchmark on tiny sizes (about 3 minutes: service start-ups dominate)
 	$(PY) -m benchmarks.run_benchmark --smoke --out-dir "$$(mktemp -d)"
 
 lint: install ## ruff (lint + format check) and mypy

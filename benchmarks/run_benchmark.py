@@ -12,6 +12,11 @@ builds fresh temporary projects with synthetic landing batches, then
 * the **pipeline** runs the real flow in-process, one call per batch, after a warm-up call
   on a throw-away project; its split by step comes from the task runs Prefect recorded;
 * the **CLI** runs ``python flows/automated_training_flow.py --params P`` once per size;
+* the **cold start** (small size) starts services of its own for a fresh project, as
+  ``make start-services deploy start-worker-bg`` does but on free loopback ports and in the
+  work folder (``benchmarks/cold_start.py``), and measures deployment runs through the
+  worker, cron ticks to COMPLETED, the CLI with and without those services, the import of
+  the flow module and a plain script doing one batch, each in a fresh process;
 
 and writes ``benchmark.json`` (every raw number) and ``BENCHMARKS.md`` (tables, target
 checks, where the time goes). Baseline and flow each run in a child process of this script
@@ -43,9 +48,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from benchmarks.cold_start import ColdStartError, flow_run_of_batch, own_services, project_env
 from benchmarks.peak_rss import peak_rss_bytes, proc_status_bytes
+from retrain_pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
+    from benchmarks.cold_start import OwnServices
     from retrain_pipeline.config import Settings
 
 logger = logging.getLogger("benchmarks.run_benchmark")
@@ -64,6 +72,11 @@ MAX_FLOW_TO_BASELINE = 1.15
 MAX_FIXED_OVERHEAD_S = 2.0
 MAX_RSS_TO_DATA = 3.0
 MAX_WINDOW_GROWTH = 1.2  # "stays flat": t(late)/t(early) once the window is full
+MAX_DEPLOYMENT_RUN_S = 6.0  # a deployment run's flow run, start to end, services up
+MAX_TICK_TO_COMPLETED_S = 15.0  # a scheduled run: its tick (expected start) to its end, worker idle
+MAX_CLI_WITH_SERVICES_S = 8.0  # the CLI process, one batch, the project's services running
+MAX_CLI_WITHOUT_SERVICES_S = 15.0  # the CLI process, one batch, no services (ephemeral API)
+MAX_IDLE_CLI_RSS_MIB = 300.0  # peak RSS of a CLI process with almost no data
 
 Json = dict[str, Any]
 
@@ -89,6 +102,26 @@ SMOKE_SIZES = (
     SizeSpec("large", 2_000, 3, 1),
     SizeSpec("large-window", 2_000, 3, 1, window=1),
 )
+
+
+@dataclass(frozen=True)
+class ColdStartSpec:
+    """The cold-start section: repetitions of each fresh-process measurement, scheduled runs."""
+
+    rows: int
+    repetitions: int
+    ticks: int  # scheduled runs to measure (0: do not wait for the cron)
+    first_run: bool  # one deployment run first, reported apart (the fresh project's first batch)
+    cron: str = "* * * * *"  # the project's schedule for the ticks (the product default is */2)
+
+    @property
+    def batches(self) -> int:
+        """Landing batches: one per flow run; scheduled runs that do not count also train one."""
+        return int(self.first_run) + 3 * self.repetitions + 2 * self.ticks + 2
+
+
+FULL_COLD_START = ColdStartSpec(rows=50, repetitions=3, ticks=3, first_run=True)
+SMOKE_COLD_START = ColdStartSpec(rows=50, repetitions=1, ticks=0, first_run=False)
 
 # Prefect task name -> step. choose-batch also sets the project up (folders, DVC repo
 # check): state; load-champion connects to MLflow and loads the champion from the registry:
@@ -161,6 +194,20 @@ count and correlated features; a noisy logistic target). Every repetition is a f
 - Baseline and flow each run in a child process (one after the other, never at the same time)
   with a private `PREFECT_HOME` (so the flow's warm-up includes Prefect's database set-up), no
   `PREFECT_API_URL` and no `MLFLOW_TRACKING_URI`.
+- **Cold start** (50 rows per batch, one fresh project): the benchmark starts the project's own
+  Prefect and MLflow servers and a process worker with `retrain_pipeline.services` (what
+  `make start-services deploy start-worker-bg` does, on free loopback ports, pid files in that
+  project's `.services/`, Prefect's home in its `.prefect/`) and registers its deployment with
+  `deployments/setup_deployment.py`'s functions; nothing of the repository's own project is read.
+  Deployment runs are created with `create_flow_run_from_deployment` while the cron cannot fire;
+  then the deployment is registered again with the project's cron (`* * * * *`) and the runs the
+  scheduler creates are measured from their tick (`expected_start_time`) to their end, counting only
+  runs that found the worker idle. The CLI runs once per repetition with the services up (it finds
+  them through the project's `.services/`) and, after they stopped, without them (Prefect's
+  temporary API on the project's `.prefect/` database, which the server had already migrated).
+  The flow module's import is timed in a fresh `python` (`import prefect`, then the file loaded as
+  `prefect.engine` loads it), and a fresh plain-script process runs one baseline batch. Prefect's
+  timestamps (`created`, `expected_start_time`, `start_time`, `end_time`) give the run times.
 """
 
 
@@ -211,25 +258,30 @@ def current_rss_bytes() -> int:
 # --------------------------------------------------------------------------- projects
 
 
-def write_params(root: Path, max_batches: int, window: int | None = None) -> Path:
+def write_params(root: Path, max_batches: int, window: int | None = None, cron: str | None = None) -> Path:
     """A params.yaml for a landing-source project; MLflow stays at sqlite:///mlflow.db."""
+    automation: Json = {"max_batches": max_batches}
+    if cron is not None:
+        automation["cron_schedule"] = cron
     params = {
         "data": {"source": "landing", "target_column": "target", "classes": [0, 1], "window_batches": window},
         "model": {"estimator": ESTIMATOR, "hyperparameters": dict(HYPERPARAMETERS)},
-        "automation": {"max_batches": max_batches},
+        "automation": automation,
     }
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return path
 
 
-def make_project(root: Path, batches: Sequence[Any], max_batches: int, window: int | None = None) -> Path:
+def make_project(
+    root: Path, batches: Sequence[Any], max_batches: int, window: int | None = None, cron: str | None = None
+) -> Path:
     """A project folder with params.yaml and the batches in data/landing; returns params."""
     from benchmarks.synthetic import write_landing
 
     root.mkdir(parents=True)
     write_landing(root / "data" / "landing", batches)
-    return write_params(root, max_batches, window)
+    return write_params(root, max_batches, window, cron)
 
 
 @dataclass(frozen=True)
@@ -533,7 +585,23 @@ def _flow_runs(flow_fn: Callable[..., Any], job: Json, import_s: float) -> Json:
     return result
 
 
-WORKERS: dict[str, Callable[[Json], Json]] = {"baseline": baseline_worker, "flow": flow_worker}
+def plain_worker(job: Json) -> Json:
+    """Child process: a plain script doing one batch's ML work, as a fresh process would."""
+    started = time.perf_counter()
+    import joblib  # noqa: F401  (timed: the plain script's imports)
+
+    from retrain_pipeline import config, data, model  # noqa: F401
+
+    imported = time.perf_counter()
+    batches = run_baseline(job)["batches"]
+    return {"import_s": imported - started, "work_s": time.perf_counter() - imported, "batches": batches}
+
+
+WORKERS: dict[str, Callable[[Json], Json]] = {
+    "baseline": baseline_worker,
+    "flow": flow_worker,
+    "plain": plain_worker,
+}
 
 
 def child_env(prefect_home: Path) -> dict[str, str]:
@@ -603,53 +671,122 @@ def run_cli(params: Path, env: dict[str, str]) -> Json:
     }
 
 
-def run_deployment_batch(params: Path, timeout_s: float = 900.0) -> Json:
-    """One more batch as a deployment run through the worker, when the services are up.
+# --------------------------------------------------------------------------- cold start
 
-    Uses this repository's deployment (``make start-services deploy start-worker-bg``) with the
-    benchmark project's params file as the run's ``params_path`` and the project's own MLflow
-    store, so nothing lands in the services' MLflow. Returns ``{"skipped": reason}`` when the
-    Prefect server or the worker is not running.
-    """
-    from prefect import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+# A fresh interpreter imports the flow module the way `python -m prefect.engine` loads a
+# deployment's entrypoint: Prefect first, then the file as a module registered in sys.modules
+# before it runs (its dataclasses need that), with its folder on sys.path.
+IMPORT_PROBE = """\
+import importlib.util, json, sys, time
+from pathlib import Path
+started = time.perf_counter()
+import prefect
+prefect_done = time.perf_counter()
+path = Path(sys.argv[1]).resolve()
+sys.path.insert(0, str(path.parent))
+spec = importlib.util.spec_from_file_location(path.stem, path)
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+done = time.perf_counter()
+if not hasattr(module, "automated_training_flow"):
+    raise SystemExit("the flow module has no automated_training_flow")
+times = {"prefect_s": prefect_done - started, "flow_module_s": done - prefect_done}
+print(json.dumps({**times, "import_s": done - started}))
+"""
+FLOW_FILE = "flows/automated_training_flow.py"
 
-    from deployments.setup_deployment import wait_for
-    from retrain_pipeline import services
-    from retrain_pipeline.config import load_settings
 
-    repo = load_settings(REPO_ROOT / "params.yaml")
-    urls = services.running_urls(repo)
-    if "prefect" not in urls or services.recorded(repo, "worker") is None:
-        return {"skipped": "no Prefect server or worker running (make start-services deploy start-worker-bg)"}
-    project = load_settings(params)
-    name = f"automated-training/{repo.automation.deployment_name}"
-    env = {"MLFLOW_TRACKING_URI": project.mlflow.tracking_uri, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    with temporary_settings(updates={PREFECT_API_URL: urls["prefect"]}):
-        with get_client(sync_client=True) as client:
-            deployment = client.read_deployment_by_name(name)
-            start = time.perf_counter()
-            created = client.create_flow_run_from_deployment(
-                deployment.id,
-                parameters={"params_path": str(params)},
-                job_variables={"env": env},
-                tags=["benchmark"],
-            )
-        finished = wait_for(created.id, timeout_s)
+def run_import_probe(env: dict[str, str]) -> Json:
+    """The flow module's import time in a fresh ``python`` (and that whole process's wall time)."""
+    command = [sys.executable, "-c", IMPORT_PROBE, FLOW_FILE]
+    start = time.perf_counter()
+    process = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
-    run_s = (
-        (finished.end_time - finished.start_time).total_seconds()
-        if finished.start_time and finished.end_time
-        else None
+    if process.returncode != 0:
+        raise BenchmarkError(
+            f"importing {FLOW_FILE} failed (exit {process.returncode}):\n{process.stderr[-3000:]}"
+        )
+    result: Json = json.loads(process.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = wall
+    logger.info(
+        "Import of the flow module in a fresh process: %.2f s (%.2f s of it Prefect)",
+        wall,
+        result["prefect_s"],
     )
-    logger.info("Deployment run %s: %s after %.1f s", finished.name, finished.state_name, wall)
+    return result
+
+
+def run_plain_script(params: Path, folder: Path, env: dict[str, str]) -> Json:
+    """A fresh plain-script process doing one batch's ML work (the floor for a fresh process)."""
+    folder.mkdir(parents=True)
+    job = {
+        "size": "cold-start",
+        "rep": folder.name,
+        "params": str(params),
+        "baseline_out": str(folder / "out"),
+    }
+    result = run_worker("plain", {**job, "n_batches": 1}, folder, env)
+    logger.info("Plain script, one batch in a fresh process: %.2f s", result["process_wall_s"])
+    return result
+
+
+def run_cli_with_services(own: OwnServices, params: Path, env: dict[str, str]) -> Json:
+    """The CLI while the project's services run; its flow run must be on their Prefect server."""
+    cli = run_cli(params, env)
+    flow_run_id = flow_run_of_batch(own.settings, cli["batch"]) if cli["batch"] is not None else None
+    if flow_run_id is None or not own.knows_flow_run(flow_run_id):
+        raise BenchmarkError(f"the CLI run ({cli['last_line']}) did not use {own.endpoints.prefect_api}")
+    return {**cli, "flow_run_id": flow_run_id, "prefect_api": own.endpoints.prefect_api}
+
+
+def measure_cold_start(spec: ColdStartSpec, work: Path, env: dict[str, str]) -> Json:
+    """Fresh processes and runs through the benchmark's own services, on one fresh small project.
+
+    ``env`` is the children's environment of the in-process workers (for the import probe and
+    the plain script); the CLI runs get the environment of a user's shell in the project.
+    """
+    from benchmarks.synthetic import make_batches
+
+    started = time.perf_counter()
+    folder = work / "cold-start"
+    batches = make_batches(spec.batches, spec.rows, N_FEATURES, seed=SEED + 2)
+    params = make_project(folder / "project", batches, spec.batches, cron=spec.cron)
+    logger.info("Cold start: project %s with %d batches of %d rows", params.parent, spec.batches, spec.rows)
+    reps = range(1, spec.repetitions + 1)
+    imports = [run_import_probe(env) for _ in reps]
+    plain = [run_plain_script(params, folder / f"plain-{i}", env) for i in reps]
+    cli_env = project_env(params)
+    first: Json | None = None
+    scheduled: Json = {
+        "wanted": 0,
+        "runs": [],
+        "not_counted": [],
+        "skipped": "the smoke variant does not wait",
+    }
+    with own_services(params) as own:
+        if spec.first_run:
+            first = own.deployment_run()
+        deployment_runs = [own.deployment_run() for _ in reps]
+        with_services = [run_cli_with_services(own, params, cli_env) for _ in reps]
+        if spec.ticks:
+            scheduled = own.scheduled_runs(spec.ticks)
+    without_services = [run_cli(params, cli_env) for _ in reps]
+    section_s = time.perf_counter() - started
+    logger.info("Cold start measured in %.0f s", section_s)
     return {
-        "deployment": name,
-        "flow_run": finished.name,
-        "state": finished.state_name,
-        "trigger_to_final_s": wall,
-        "flow_run_s": run_s,
-        "prefect_api": urls["prefect"],
+        "section_s": section_s,
+        "rows_per_batch": spec.rows,
+        "repetitions": spec.repetitions,
+        "project": str(params.parent),
+        "services": own.as_json(),
+        "import_flow_module": imports,
+        "plain_script": plain,
+        "deployment_first_run": first,
+        "deployment_runs": deployment_runs,
+        "scheduled_runs": scheduled,
+        "cli_with_services": with_services,
+        "cli_without_services": without_services,
     }
 
 
@@ -823,6 +960,96 @@ def _check(name: str, measured: float, limit: float, unit: str, detail: str = ""
     }
 
 
+def _stats(values: Sequence[float | None]) -> Json | None:
+    """Median, min, max and every value (None when nothing was measured)."""
+    measured = [float(v) for v in values if v is not None]
+    if not measured:
+        return None
+    return {"median": _median(measured), "min": min(measured), "max": max(measured), "all": measured}
+
+
+def summarize_cold_start(cold: Json) -> Json:
+    """Medians of the cold-start measurements."""
+    imports, plain = cold["import_flow_module"], cold["plain_script"]
+    runs, ticks = cold["deployment_runs"], cold["scheduled_runs"]["runs"]
+    return {
+        "import_flow_module_s": _stats([p["import_s"] for p in imports]),
+        "import_prefect_s": _stats([p["prefect_s"] for p in imports]),
+        "import_process_s": _stats([p["process_wall_s"] for p in imports]),
+        "plain_process_s": _stats([p["process_wall_s"] for p in plain]),
+        "plain_import_s": _stats([p["import_s"] for p in plain]),
+        "plain_batch_s": _stats([p["batches"][0]["wall_s"] for p in plain]),
+        "deployment_flow_run_s": _stats([r["flow_run_s"] for r in runs]),
+        "deployment_trigger_to_final_s": _stats([r["trigger_to_final_s"] for r in runs]),
+        "deployment_trigger_to_start_s": _stats([r["trigger_to_start_s"] for r in runs]),
+        "tick_to_completed_s": _stats([r["tick_to_final_s"] for r in ticks]),
+        "tick_to_start_s": _stats([r["tick_to_start_s"] for r in ticks]),
+        "tick_flow_run_s": _stats([r["flow_run_s"] for r in ticks]),
+        "cli_with_services_s": _stats([c["wall_s"] for c in cold["cli_with_services"]]),
+        "cli_without_services_s": _stats([c["wall_s"] for c in cold["cli_without_services"]]),
+    }
+
+
+def _runs(stats: Json) -> str:
+    return ", ".join(f"{v:.2f}" for v in stats["all"])
+
+
+def cold_start_checks(cold: Json, summary: Json, memory: dict[str, Json]) -> list[Json]:
+    """The start-up targets: a deployment run, a cron tick, the CLI with and without services, idle RSS."""
+    rows = cold["rows_per_batch"]
+    checks = []
+    run = summary["deployment_flow_run_s"]
+    checks.append(
+        _check(
+            f"deployment run of a {rows}-row batch through the worker (services up): the flow run's "
+            f"start → end, median of {len(run['all'])}",
+            run["median"],
+            MAX_DEPLOYMENT_RUN_S,
+            "s",
+            f"runs {_runs(run)} s; trigger → final state "
+            f"{summary['deployment_trigger_to_final_s']['median']:.2f} s (median)",
+        )
+    )
+    tick = summary["tick_to_completed_s"]
+    if tick is not None:
+        checks.append(
+            _check(
+                f"cron tick → COMPLETED of a scheduled run (expected start → end), worker idle, median of "
+                f"{len(tick['all'])}",
+                tick["median"],
+                MAX_TICK_TO_COMPLETED_S,
+                "s",
+                f"runs {_runs(tick)} s; tick → start {summary['tick_to_start_s']['median']:.2f} s (median); "
+                f"{len(cold['scheduled_runs']['not_counted'])} scheduled run(s) not counted (see the JSON)",
+            )
+        )
+    for key, limit, label in (
+        ("cli_with_services_s", MAX_CLI_WITH_SERVICES_S, "with the project's services up"),
+        ("cli_without_services_s", MAX_CLI_WITHOUT_SERVICES_S, "without services"),
+    ):
+        cli = summary[key]
+        checks.append(
+            _check(
+                f"CLI one {rows}-row batch (whole process) {label}, median of {len(cli['all'])}",
+                cli["median"],
+                limit,
+                "s",
+                f"runs {_runs(cli)} s",
+            )
+        )
+    idle = min(m["cli_idle_peak_rss_bytes"] for m in memory.values())
+    checks.append(
+        _check(
+            "peak RSS of a CLI run with almost no data (the small size's CLI process)",
+            idle / 2**20,
+            MAX_IDLE_CLI_RSS_MIB,
+            "MiB",
+            "Python, Prefect, MLflow, DVC, scikit-learn and one 50-row batch",
+        )
+    )
+    return checks
+
+
 def target_checks(sizes: dict[str, Json], memory: dict[str, Json]) -> list[Json]:
     """The issue's targets, PASS/FAIL on the measured numbers."""
     small, large = sizes["small"], sizes["large"]
@@ -989,7 +1216,7 @@ def render_totals(sizes: dict[str, Json]) -> list[str]:
     return ["## Totals", "", *_table(header, rows)]
 
 
-def render_startup(flow: Json, baseline: Json, cli: dict[str, Json], deployment: Json) -> list[str]:
+def render_startup(flow: Json, baseline: Json, cli: dict[str, Json]) -> list[str]:
     rows = [
         ("flow process: import the flow module", f"{flow['import_s']:.2f}"),
         (
@@ -1003,17 +1230,119 @@ def render_startup(flow: Json, baseline: Json, cli: dict[str, Json], deployment:
         (f"CLI process, one batch ({name}: batch {c['batch']})", f"{c['wall_s']:.2f}")
         for name, c in cli.items()
     ]
-    if "skipped" in deployment:
-        rows.append(("deployment run through the worker", f"not measured: {deployment['skipped']}"))
-    else:
-        rows.append(
+    return ["## Start-up and the CLI (no services)", "", *_table(("what", "seconds"), rows)]
+
+
+def _verdict(value: float, limit: float | None) -> tuple[str, str]:
+    if limit is None:
+        return "-", "-"
+    return f"<= {limit:.2f} s", "**PASS**" if value <= limit else "**FAIL**"
+
+
+def render_cold_start(cold: Json, summary: Json) -> list[str]:
+    """The cold-start table: fresh processes and runs through the benchmark's own services."""
+    rows_per_batch = cold["rows_per_batch"]
+    lines: list[tuple[str, str, str, str, str]] = []
+
+    def add(label: str, key: str, limit: float | None = None) -> None:
+        stats = summary[key]
+        if stats is None:
+            lines.append((label, "not measured", "-", f"<= {limit:.2f} s" if limit else "-", "-"))
+            return
+        lines.append((label, f"{stats['median']:.2f}", _runs(stats), *_verdict(stats["median"], limit)))
+
+    add(
+        "plain script: a fresh `python` process doing one batch (interpreter, imports, the ML work)",
+        "plain_process_s",
+    )
+    add("plain script: its imports (joblib, retrain_pipeline config/data/model)", "plain_import_s")
+    add("plain script: the batch itself", "plain_batch_s")
+    add(
+        "import of the flow module in a fresh process (`import prefect`, then the flow file as "
+        "`prefect.engine` loads it)",
+        "import_flow_module_s",
+    )
+    add("of which `import prefect`", "import_prefect_s")
+    add("that import process, whole (interpreter start included)", "import_process_s")
+    first = cold["deployment_first_run"]
+    if first is not None:
+        lines.append(
             (
-                f"deployment run through the worker ({deployment['flow_run']}, {deployment['state']}): "
-                "trigger to final state (polled every 2 s) / the flow run itself",
-                f"{deployment['trigger_to_final_s']:.2f} / {deployment['flow_run_s'] or 0:.2f}",
+                "first deployment run of the fresh project (batch 1, not in the medians): start → end",
+                f"{first['flow_run_s']:.2f}",
+                f"trigger → final {first['trigger_to_final_s']:.2f}",
+                "-",
+                "-",
             )
         )
-    return ["## Start-up, the CLI and a deployment run", "", *_table(("what", "seconds"), rows)]
+    add(
+        "deployment run through the worker (services up): the flow run's start → end",
+        "deployment_flow_run_s",
+        MAX_DEPLOYMENT_RUN_S,
+    )
+    add(
+        "deployment run: trigger (`create_flow_run_from_deployment`) → final state",
+        "deployment_trigger_to_final_s",
+    )
+    add(
+        "deployment run: trigger → the flow run starts (worker poll, `prefect.engine` start)",
+        "deployment_trigger_to_start_s",
+    )
+    scheduled = cold["scheduled_runs"]
+    if summary["tick_to_completed_s"] is None:
+        reason = scheduled.get("skipped") or f"none of {scheduled['wanted']} scheduled runs counted"
+        lines.append(
+            (
+                "cron tick → COMPLETED of a scheduled run, worker idle",
+                f"not measured: {reason}",
+                "-",
+                f"<= {MAX_TICK_TO_COMPLETED_S:.2f} s",
+                "-",
+            )
+        )
+    else:
+        add(
+            "cron tick → COMPLETED of a scheduled run (expected start → end), worker idle",
+            "tick_to_completed_s",
+            MAX_TICK_TO_COMPLETED_S,
+        )
+        add("cron tick → the scheduled run starts", "tick_to_start_s")
+        add("scheduled run: the flow run's start → end", "tick_flow_run_s")
+    add(
+        f"CLI, one {rows_per_batch}-row batch, the project's services up (whole process)",
+        "cli_with_services_s",
+        MAX_CLI_WITH_SERVICES_S,
+    )
+    add(
+        f"CLI, one {rows_per_batch}-row batch, no services (whole process)",
+        "cli_without_services_s",
+        MAX_CLI_WITHOUT_SERVICES_S,
+    )
+    services = cold["services"]
+    started = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in services["start_s"].items())
+    deployed = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in services["deploy_s"].items())
+    left = services["leftover_processes"]
+    notes = (
+        f"The benchmark's own services for the project `{services['project']}`: Prefect API "
+        f"{services['prefect_api']}, MLflow {services['mlflow_uri']}, pid and log files in "
+        f"`{services['services_folder']}`, Prefect's home `{services['prefect_home']}`. Started in: "
+        f"{started}; deployment `{services['deployment']}` registered in: {deployed} (cron "
+        f"`{services['cron_while_manual_runs']}` while manual runs were measured, then the project's "
+        f"`{services['cron']}` for the scheduled runs). Stopped after the runs: "
+        + "; ".join(services["stopped"])
+        + ". Processes of theirs left afterwards: "
+        + (", ".join(f"{p['pid']} ({p['command']})" for p in left) + " (ended)" if left else "none")
+        + "."
+    )
+    return [
+        f"## Cold start ({rows_per_batch} rows per batch; fresh processes, the benchmark's own services)",
+        "",
+        f"This section took {cold['section_s']:.0f} s.",
+        "",
+        *_table(("what", "seconds (median)", "each run", "target", "result"), lines),
+        notes,
+        "",
+    ]
 
 
 def render_per_batch(sizes: dict[str, Json]) -> list[str]:
@@ -1206,9 +1535,8 @@ def render_report(results: Json) -> str:
         *_method(results),
         *render_targets(results["checks"]),
         *render_totals(results["sizes"]),
-        *render_startup(
-            results["flow_worker"], results["baseline_worker"], results["cli"], results["deployment_run"]
-        ),
+        *render_cold_start(results["cold_start"], results["cold_start_summary"]),
+        *render_startup(results["flow_worker"], results["baseline_worker"], results["cli"]),
         *render_per_batch(results["sizes"]),
         *render_growth(results["sizes"]),
         *where_the_time_goes(results["sizes"]),
@@ -1228,16 +1556,17 @@ def _method(results: Json) -> list[str]:
 
 
 def print_summary(results: Json) -> None:
-    """The targets and totals on stdout."""
-    for line in render_targets(results["checks"]) + render_totals(results["sizes"]):
+    """The targets, totals and the cold start on stdout."""
+    cold = render_cold_start(results["cold_start"], results["cold_start_summary"])
+    for line in render_targets(results["checks"]) + render_totals(results["sizes"]) + cold:
         print(line)  # noqa: T201
 
 
 # --------------------------------------------------------------------------- main
 
 
-def measure(sizes: Sequence[SizeSpec], work: Path) -> Json:
-    """Build the projects, run both workers and the CLI; the raw results."""
+def measure(sizes: Sequence[SizeSpec], cold: ColdStartSpec, work: Path) -> Json:
+    """Build the projects, run both workers, the CLI and the cold start; the raw results."""
     env = child_env(work / "prefect-home")
     runs = build_runs(work, sizes)
     job = {"warmup": build_warmup(work).as_job(), "runs": [run.as_job() for run in runs]}
@@ -1247,14 +1576,13 @@ def measure(sizes: Sequence[SizeSpec], work: Path) -> Json:
     first = {s.name: next(r for r in runs if r.size == s.name) for s in sizes if s.window is None}
     merged = {name: merged_table_bytes(run.params) for name, run in first.items()}
     cli = {name: run_cli(run.params, env) for name, run in first.items()}
-    largest = max((s for s in sizes if s.window is None), key=lambda s: s.rows)
-    deployment = run_deployment_batch(first[largest.name].params)
+    cold_start = measure_cold_start(cold, work, env)
     return {
         "baseline_worker": baseline,
         "flow_worker": flow,
         "merged_bytes": merged,
         "cli": cli,
-        "deployment_run": deployment,
+        "cold_start": cold_start,
     }
 
 
@@ -1273,7 +1601,9 @@ def analyse(sizes: Sequence[SizeSpec], raw: Json) -> Json:
         name: memory_summary(name, flow, baseline, merged_bytes, raw["cli"])
         for name, merged_bytes in raw["merged_bytes"].items()
     }
-    return {"sizes": summaries, "memory": memory, "checks": target_checks(summaries, memory)}
+    cold = summarize_cold_start(raw["cold_start"])
+    checks = target_checks(summaries, memory) + cold_start_checks(raw["cold_start"], cold, memory)
+    return {"sizes": summaries, "memory": memory, "cold_start_summary": cold, "checks": checks}
 
 
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -1289,7 +1619,9 @@ def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Benchmark the retraining flow against a plain script.")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition (about 2 minutes)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, one repetition, no cron wait (about 4 minutes)"
+    )
     parser.add_argument("--out-dir", help="write benchmark.json and BENCHMARKS.md here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -1313,12 +1645,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker_main(args)
     json_path, report_path = output_paths(args)
     sizes = SMOKE_SIZES if args.smoke else FULL_SIZES
+    cold = SMOKE_COLD_START if args.smoke else FULL_COLD_START
     started = time.perf_counter()
     date = datetime.now(UTC).isoformat(timespec="seconds")
     work = Path(tempfile.mkdtemp(prefix="retrain-bench-"))
     try:
-        raw = measure(sizes, work)
-    except BenchmarkError:
+        raw = measure(sizes, cold, work)
+    except (BenchmarkError, ColdStartError, PipelineError):  # PipelineError: a service or the deployment
         logger.error("Benchmark failed; the temporary projects are kept in %s", work)
         raise
     if not args.keep:

@@ -1,7 +1,9 @@
 """The benchmark's smoke variant runs end to end and writes complete results.
 
 It checks the machinery (every batch measured, every flow run completed, the report has
-its target table), never the speed.
+its target table), never the speed. Its cold-start section starts services of its own: the
+test checks that they were not the user's (the repository's ``.services/``) and that none of
+their processes is left once the benchmark finished.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,8 @@ TOP_LEVEL_KEYS = {
     "flow_worker",
     "merged_bytes",
     "cli",
-    "deployment_run",
+    "cold_start",
+    "cold_start_summary",
     "sizes",
     "memory",
     "checks",
@@ -34,11 +38,45 @@ TOP_LEVEL_KEYS = {
 }
 SIZES = ("small", "large", "large-window")
 UNWINDOWED = ("small", "large")  # memory and the CLI run are measured for these
-Results = tuple[dict[str, Any], Path]
+CHECKS = 11  # 7 of the sizes; deployment run, CLI with and without services, idle CLI RSS (no tick)
+REPO_SERVICES = REPO_ROOT / ".services"
+
+
+@dataclass(frozen=True)
+class Smoke:
+    results: dict[str, Any]
+    out_dir: Path
+    repo_services_before: dict[str, tuple[int, int]]
+
+
+def repo_services_files() -> dict[str, tuple[int, int]]:
+    """The repository's own ``.services/`` files (the user's services) with mtime and size."""
+    if not REPO_SERVICES.is_dir():
+        return {}
+    return {f.name: (f.stat().st_mtime_ns, f.stat().st_size) for f in REPO_SERVICES.iterdir() if f.is_file()}
+
+
+def processes_naming(marker: str) -> list[str]:
+    """Live processes whose command line or environment contains ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+            status = (entry / "status").read_text(errors="replace")
+        except OSError:
+            continue
+        if "State:\tZ" not in status and (marker.encode() in cmdline or marker.encode() in environ):
+            command = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{entry.name}: {command}")
+    return found
 
 
 @pytest.fixture(scope="module")
-def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> Results:
+def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> Smoke:
+    before = repo_services_files()
     out_dir = tmp_path_factory.mktemp("bench-out")
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
     env.update(
@@ -51,17 +89,17 @@ def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> Results:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=840,
         check=False,
     )
     assert process.returncode == 0, process.stderr[-5000:]
     results_file = out_dir / "benchmark.json"
     assert results_file.is_file()
-    return json.loads(results_file.read_text(encoding="utf-8")), out_dir
+    return Smoke(json.loads(results_file.read_text(encoding="utf-8")), out_dir, before)
 
 
-def test_results_have_the_expected_keys(smoke_results: Results) -> None:
-    results, _ = smoke_results
+def test_results_have_the_expected_keys(smoke_results: Smoke) -> None:
+    results = smoke_results.results
     assert set(results) >= TOP_LEVEL_KEYS
     assert results["smoke"] is True
     assert set(results["sizes"]) == set(SIZES)
@@ -71,8 +109,8 @@ def test_results_have_the_expected_keys(smoke_results: Results) -> None:
         assert {"flow_total_s", "baseline_total_s", "per_batch", "growth", "flow_steps_s"} <= set(size)
 
 
-def test_every_batch_of_both_sizes_has_positive_times(smoke_results: Results) -> None:
-    results, _ = smoke_results
+def test_every_batch_of_both_sizes_has_positive_times(smoke_results: Smoke) -> None:
+    results = smoke_results.results
     for worker in ("flow_worker", "baseline_worker"):
         runs = results[worker]["runs"]
         assert {run["size"] for run in runs} == set(SIZES)
@@ -88,8 +126,8 @@ def test_every_batch_of_both_sizes_has_positive_times(smoke_results: Results) ->
         assert results["cli"][name]["wall_s"] > 0
 
 
-def test_every_flow_batch_completed(smoke_results: Results) -> None:
-    results, _ = smoke_results
+def test_every_flow_batch_completed(smoke_results: Smoke) -> None:
+    results = smoke_results.results
     for run in results["flow_worker"]["runs"]:
         for batch in run["batches"]:
             assert batch["status"] == "completed"
@@ -98,17 +136,93 @@ def test_every_flow_batch_completed(smoke_results: Results) -> None:
     for cli in results["cli"].values():
         assert cli["exit_code"] == 0
         assert cli["last_line"].startswith("completed:")
-    deployment = results["deployment_run"]  # measured only when the services and a worker run
-    assert "skipped" in deployment or deployment["state"] == "Completed", deployment
 
 
-def test_report_has_the_target_table(smoke_results: Results) -> None:
-    results, out_dir = smoke_results
+def test_cold_start_measured_every_run(smoke_results: Smoke) -> None:
+    cold = smoke_results.results["cold_start"]
+    assert cold["rows_per_batch"] == 50 and cold["repetitions"] == 1 and cold["section_s"] > 0
+    assert cold["deployment_first_run"] is None  # the smoke variant measures the first run
+    for run in cold["deployment_runs"]:
+        assert run["state"] == "Completed" and not run["auto_scheduled"], run
+        assert run["batch"] is not None
+        assert run["flow_run_s"] > 0 and run["trigger_to_final_s"] >= run["flow_run_s"], run
+    assert cold["scheduled_runs"]["skipped"] and cold["scheduled_runs"]["runs"] == []
+    for key in ("cli_with_services", "cli_without_services"):
+        assert len(cold[key]) == 1, key
+        for cli in cold[key]:
+            assert cli["exit_code"] == 0 and cli["last_line"].startswith("completed:"), cli
+            assert cli["wall_s"] > 0 and cli["peak_rss_bytes"] > 0
+    batches = [r["batch"] for r in cold["deployment_runs"]]
+    batches += [c["batch"] for c in cold["cli_with_services"] + cold["cli_without_services"]]
+    assert batches == list(range(1, len(batches) + 1)), "each run trained the next batch"
+    for probe in cold["import_flow_module"]:
+        assert 0 < probe["prefect_s"] < probe["import_s"] < probe["process_wall_s"], probe
+    for plain in cold["plain_script"]:
+        assert 0 < plain["import_s"] < plain["process_wall_s"]
+        assert [b["batch"] for b in plain["batches"]] == [1]
+    summary = smoke_results.results["cold_start_summary"]
+    assert summary["tick_to_completed_s"] is None
+    for key, stats in summary.items():
+        assert key.startswith("tick_") or stats["median"] > 0, key
+
+
+def test_cold_start_used_its_own_services(smoke_results: Smoke) -> None:
+    cold = smoke_results.results["cold_start"]
+    services = cold["services"]
+    project = Path(services["project"])
+    assert project == Path(cold["project"])
+    assert not project.is_relative_to(REPO_ROOT)
+    assert Path(services["services_folder"]) == project / ".services"
+    assert Path(services["prefect_home"]) == project / ".prefect"
+    own_api = services["prefect_api"]
+    assert own_api.startswith("http://127.0.0.1:")
+    assert all(run["prefect_api"] == own_api for run in cold["deployment_runs"])
+    assert all(cli["prefect_api"] == own_api for cli in cold["cli_with_services"])
+    # The user's services (if any run) are recorded in the repository's .services/: the benchmark
+    # neither used their URLs nor wrote there.
+    user_urls = set()
+    for pid_file in REPO_SERVICES.glob("*.pid") if REPO_SERVICES.is_dir() else []:
+        try:
+            user_urls.add(json.loads(pid_file.read_text(encoding="utf-8"))["url"])
+        except (OSError, ValueError, KeyError):
+            continue
+    assert own_api not in user_urls and services["mlflow_uri"] not in user_urls
+    assert repo_services_files() == smoke_results.repo_services_before
+
+
+def test_no_process_of_the_services_is_left(smoke_results: Smoke) -> None:
+    services = smoke_results.results["cold_start"]["services"]
+    assert [line.split(":")[0] for line in services["stopped"]] == ["worker", "mlflow", "prefect"]
+    assert all("stopped" in line for line in services["stopped"]), services["stopped"]
+    assert services["leftover_processes"] == []
+    assert processes_naming(services["project"]) == []
+
+
+def test_report_has_the_target_table(smoke_results: Smoke) -> None:
+    results, out_dir = smoke_results.results, smoke_results.out_dir
     report = (out_dir / "BENCHMARKS.md").read_text(encoding="utf-8")
     assert "## Targets" in report
     assert "| target | measured | limit | result | detail |" in report
-    assert len(results["checks"]) == 7
+    assert len(results["checks"]) == CHECKS
     assert any("window_batches=1" in check["target"] for check in results["checks"])
     for check in results["checks"]:
         assert check["target"] in report
         assert ("PASS" if check["passed"] else "FAIL") in report
+    targets = " ".join(check["target"] for check in results["checks"])
+    for needle in ("deployment run of a 50-row batch", "CLI one 50-row batch", "peak RSS of a CLI run"):
+        assert needle in targets, needle
+
+
+def test_report_has_the_cold_start_rows(smoke_results: Smoke) -> None:
+    report = (smoke_results.out_dir / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert "## Cold start (50 rows per batch" in report
+    for row in (
+        "| plain script: a fresh `python` process doing one batch",
+        "| import of the flow module in a fresh process",
+        "| deployment run through the worker (services up): the flow run's start → end | ",
+        "| cron tick → COMPLETED of a scheduled run, worker idle | not measured",
+        "| CLI, one 50-row batch, the project's services up (whole process) | ",
+        "| CLI, one 50-row batch, no services (whole process) | ",
+    ):
+        assert row in report, row
+    assert smoke_results.results["cold_start"]["services"]["prefect_api"] in report

@@ -1,0 +1,463 @@
+"""The benchmark's own services for its cold-start section, and the runs it measures through them.
+
+:func:`own_services` does for a project in the benchmark's work folder what
+``make start-services deploy start-worker-bg`` does for a user's project: the Prefect and
+MLflow servers (``retrain_pipeline.services``, on free loopback ports, pid and log files in
+that project's ``.services/``, Prefect's home in its ``.prefect/``), the deployment and its
+crashed-run automation (``deployments/setup_deployment.py``), a process worker. It never reads
+or writes anything of the repository's own project (its ``.services/``, ``mlflow.db``,
+``.prefect/``) and stops all three services when it ends, also after an error, then checks that
+no process of theirs is left.
+
+While the manual runs are measured the deployment's cron never fires (it is registered with
+:data:`NEVER`); :meth:`OwnServices.scheduled_runs` then registers it again with the project's
+own cron, as ``make deploy`` does, and measures the runs the scheduler creates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import FlowRun
+
+    from retrain_pipeline.config import Settings
+    from retrain_pipeline.services import Endpoints
+
+logger = logging.getLogger("benchmarks.cold_start")
+
+Json = dict[str, Any]
+
+LOOPBACK = "127.0.0.1"
+NEVER = "0 0 1 1 *"  # the cron while manual runs are measured: no tick collides with them
+START_TIMEOUT_S = 180.0  # a server's start on a busy 2-core machine
+STOP_TIMEOUT_S = 30.0
+RUN_TIMEOUT_S = 600.0  # one deployment run, trigger to final state
+TICK_PERIOD_S = 60.0  # the benchmark project's cron fires every minute
+# Variables of the caller that would point the services or the CLI at other servers:
+# services.worker_env prefers PREFECT_API_URL / MLFLOW_TRACKING_URI from the environment.
+FOREIGN_ENV = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_PROFILE")
+STOP_ORDER = ("worker", "mlflow", "prefect")
+FINAL_TYPES = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
+ACTIVE_TYPES = ("PENDING", "RUNNING", "CANCELLING", "PAUSED")
+
+
+class ColdStartError(RuntimeError):
+    """A service did not start, or a measured run did not train its batch."""
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that are free now (bound to port 0 together, then closed)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((LOOPBACK, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+def project_env(params: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a user's shell in the project of ``params``: none of the caller's servers.
+
+    ``PREFECT_HOME`` is the project's own ``.prefect/`` beside its params file, the one the
+    command line and the services choose for it anyway (``services.prefect_home``); setting
+    it also keeps Prefect from reading the user's ``~/.prefect`` profiles.
+    """
+    env = {k: v for k, v in (base if base is not None else os.environ).items() if k not in FOREIGN_ENV}
+    env.update(PREFECT_HOME=str(Path(params).resolve().parent / ".prefect"), PYTHONUNBUFFERED="1")
+    return env
+
+
+@contextlib.contextmanager
+def project_environ(params: Path) -> Iterator[None]:
+    """This process's ``os.environ`` as :func:`project_env` (Prefect is imported in here first)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(project_env(params, saved))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _seconds(later: datetime | None, earlier: datetime | None) -> float | None:
+    if later is None or earlier is None:
+        return None
+    return float((later - earlier).total_seconds())
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def flow_run_json(run: FlowRun) -> Json:
+    """A finished flow run's timestamps and durations (the API server's clock)."""
+    return {
+        "flow_run": run.name,
+        "flow_run_id": str(run.id),
+        "state": run.state_name,
+        "auto_scheduled": bool(run.auto_scheduled),
+        "created": _iso(run.created),
+        "expected_start_time": _iso(run.expected_start_time),
+        "start_time": _iso(run.start_time),
+        "end_time": _iso(run.end_time),
+        "flow_run_s": _seconds(run.end_time, run.start_time),
+    }
+
+
+def batch_of_run(settings: Settings, flow_run_id: str) -> int | None:
+    """The batch the project's state records as completed by this flow run, if any."""
+    from retrain_pipeline.state_stores import state_store
+
+    state = state_store(settings).load()
+    for key, record in state.batches.items():
+        if record.status == "completed" and record.prefect_flow_run_id == flow_run_id:
+            return int(key)
+    return None
+
+
+def flow_run_of_batch(settings: Settings, batch: int) -> str | None:
+    """The Prefect flow run id the project's state records for a batch."""
+    from retrain_pipeline.state_stores import state_store
+
+    record = state_store(settings).load().record(batch)
+    return record.prefect_flow_run_id if record is not None else None
+
+
+def leftover_processes(marker: str) -> list[Json]:
+    """Live processes (not this one) whose command line or environment contains ``marker``.
+
+    Every process of the benchmark's services and of their flow runs has the project's
+    folder in its environment (``PREFECT_HOME``) or command line.
+    """
+    needle, found = marker.encode(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+            status = (entry / "status").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        if "State:\tZ" not in status and (needle in cmdline or needle in environ):
+            command = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+            found.append({"pid": int(entry.name), "command": command[:300]})
+    return found
+
+
+def _end(processes: list[Json], timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL, the given processes (the benchmark's own, found by its folder)."""
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(process["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(Path(f"/proc/{p['pid']}").exists() for p in processes):
+        time.sleep(0.25)
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(process["pid"], signal.SIGKILL)
+
+
+@dataclass
+class OwnServices:
+    """The benchmark project's running services, its deployment, and what was measured of them."""
+
+    settings: Settings
+    endpoints: Endpoints
+    start_s: dict[str, float] = field(default_factory=dict)
+    deploy_s: dict[str, float] = field(default_factory=dict)
+    deployment_id: UUID | None = None
+    stopped: list[str] = field(default_factory=list)
+    leftovers: list[Json] = field(default_factory=list)
+
+    @property
+    def deployment_name(self) -> str:
+        from deployments.setup_deployment import FLOW_NAME
+
+        return f"{FLOW_NAME}/{self.settings.automation.deployment_name}"
+
+    def as_json(self) -> Json:
+        from retrain_pipeline import services
+
+        return {
+            "prefect_api": self.endpoints.prefect_api,
+            "mlflow_uri": self.endpoints.mlflow_uri,
+            "services_folder": str(services.run_dir(self.settings)),
+            "prefect_home": str(services.prefect_home(self.settings)),
+            "project": str(self.settings.root),
+            "deployment": self.deployment_name,
+            "deployment_id": str(self.deployment_id) if self.deployment_id else None,
+            "cron": self.settings.automation.cron_schedule,
+            "cron_while_manual_runs": NEVER,
+            "start_s": self.start_s,
+            "deploy_s": self.deploy_s,
+            "stopped": self.stopped,
+            "leftover_processes": self.leftovers,
+        }
+
+    @contextlib.contextmanager
+    def api(self) -> Iterator[SyncPrefectClient]:
+        """A client of this project's Prefect server (whatever the caller's settings say)."""
+        from prefect import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with (
+            temporary_settings(updates={PREFECT_API_URL: self.endpoints.prefect_api}),
+            get_client(sync_client=True) as client,
+        ):
+            yield client
+
+    def start(self, name: str) -> None:
+        """``python -m retrain_pipeline.services start NAME`` for the benchmark project."""
+        from retrain_pipeline import services
+
+        started = time.perf_counter()
+        spec = services.spec_for(name, self.settings, self.endpoints)
+        message = services.start(spec, self.settings, START_TIMEOUT_S)
+        self.start_s[name] = time.perf_counter() - started
+        logger.info("%s", message)
+
+    def deploy(self, phase: str, cron: str | None = None) -> None:
+        """What ``make deploy`` does (setup_deployment.py), optionally with another cron."""
+        from deployments import setup_deployment
+
+        settings = self.settings
+        if cron is not None:
+            automation = settings.automation.model_copy(update={"cron_schedule": cron})
+            settings = settings.model_copy(update={"automation": automation})
+        auto = settings.automation
+        heartbeat_s = setup_deployment.heartbeat_seconds(os.environ)
+        started = time.perf_counter()
+        shown = io.StringIO()  # Prefect prints a table of the deployments; the summary owns stdout
+        with self.api(), contextlib.redirect_stdout(shown):
+            setup_deployment.ensure_process_pool(auto.work_pool)
+            self.deployment_id = setup_deployment.deploy(settings, self.endpoints.mlflow_uri, heartbeat_s)
+            automation_core = setup_deployment.crash_automation(
+                self.deployment_id, auto.deployment_name, heartbeat_s
+            )
+            setup_deployment.ensure_automation(automation_core)
+        self.deploy_s[phase] = time.perf_counter() - started
+        logger.debug("Prefect printed while deploying:\n%s", shown.getvalue())
+        logger.info(
+            "Deployment %s registered on %s (cron %r) in %.1f s",
+            self.deployment_name,
+            self.endpoints.prefect_api,
+            auto.cron_schedule,
+            self.deploy_s[phase],
+        )
+
+    def deployment_run(self, timeout_s: float = RUN_TIMEOUT_S) -> Json:
+        """One run created from the deployment (as ``make trigger``), waited for; it must train a batch."""
+        from deployments.setup_deployment import wait_for
+
+        if self.deployment_id is None:
+            raise ColdStartError("no deployment registered")
+        with self.api() as client:
+            started = time.perf_counter()
+            created = client.create_flow_run_from_deployment(self.deployment_id, tags=["benchmark"])
+            finished = wait_for(created.id, timeout_s)
+        polled = time.perf_counter() - started
+        result = {
+            **flow_run_json(finished),
+            "trigger_to_final_s": _seconds(finished.end_time, finished.created),
+            "trigger_to_start_s": _seconds(finished.start_time, finished.created),
+            "polled_wall_s": polled,
+            "prefect_api": self.endpoints.prefect_api,
+        }
+        self._require_trained(result)
+        logger.info(
+            "Deployment run %s: %s, batch %s; trigger to final %.2f s, flow run %.2f s",
+            finished.name,
+            finished.state_name,
+            result["batch"],
+            result["trigger_to_final_s"] or 0.0,
+            result["flow_run_s"] or 0.0,
+        )
+        return result
+
+    def _require_trained(self, result: Json) -> None:
+        result["batch"] = batch_of_run(self.settings, result["flow_run_id"])
+        if result["state"] != "Completed" or result["batch"] is None:
+            raise ColdStartError(
+                f"flow run {result['flow_run']} ended {result['state']} without training a batch: {result}"
+            )
+
+    def knows_flow_run(self, flow_run_id: str) -> bool:
+        """True when this project's Prefect server recorded the flow run (the CLI used it)."""
+        from uuid import UUID
+
+        from prefect.exceptions import ObjectNotFound
+
+        with self.api() as client:
+            try:
+                client.read_flow_run(UUID(flow_run_id))
+            except ObjectNotFound:
+                return False
+        return True
+
+    def scheduled_runs(self, count: int, timeout_s: float | None = None) -> Json:
+        """Register the deployment with the project's cron and measure ``count`` scheduled runs.
+
+        A run counts when the scheduler created it before its tick, it completed and trained a
+        batch, and no other flow run was active at its tick (the worker was idle). Then the
+        schedule is paused (as ``automation.pause_when_done`` does), which deletes the runs
+        still scheduled.
+        """
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterDeploymentId,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        self.deploy("scheduled")
+        if self.deployment_id is None:
+            raise ColdStartError("no deployment registered")
+        registered = datetime.now(UTC)
+        final_runs = FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[self.deployment_id]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(t) for t in FINAL_TYPES])),
+        )
+        deadline = time.monotonic() + (timeout_s or (count + 3) * TICK_PERIOD_S + 60)
+        counted: list[Json] = []
+        not_counted: list[Json] = []
+        seen: set[str] = set()
+        with self.api() as client:
+            while len(counted) < count and time.monotonic() < deadline:
+                for run in client.read_flow_runs(flow_run_filter=final_runs, limit=200):
+                    if str(run.id) in seen or not run.auto_scheduled:
+                        continue
+                    seen.add(str(run.id))
+                    record = self._tick_record(client, run, registered)
+                    (not_counted if record["reason"] else counted).append(record)
+                    logger.info(
+                        "Scheduled run %s (tick %s): %s, tick to final %.2f s%s",
+                        run.name,
+                        record["expected_start_time"],
+                        record["state"],
+                        record["tick_to_final_s"] or 0.0,
+                        f" (not counted: {record['reason']})" if record["reason"] else "",
+                    )
+                time.sleep(2)
+            client.pause_deployment(self.deployment_id)
+        if len(counted) < count:
+            logger.warning("Only %d of %d scheduled runs measured before the timeout", len(counted), count)
+        return {"wanted": count, "runs": counted, "not_counted": not_counted}
+
+    def _tick_record(self, client: SyncPrefectClient, run: FlowRun, registered: datetime) -> Json:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
+
+        tick = run.expected_start_time
+        record = {
+            **flow_run_json(run),
+            "tick_to_final_s": _seconds(run.end_time, tick),
+            "tick_to_start_s": _seconds(run.start_time, tick),
+            "scheduled_ahead_s": _seconds(tick, run.created),
+            "worker_idle_for_s": None,
+            "batch": None,
+            "reason": "",
+        }
+        if tick is None or run.created is None or run.created >= tick or tick <= registered:
+            record["reason"] = "the scheduler created it after its tick"
+            return record
+        if run.state_name != "Completed":
+            record["reason"] = f"ended {run.state_name}"
+            return record
+        started_before = FlowRunFilter(start_time=FlowRunFilterStartTime(before_=tick))
+        others = [
+            r for r in client.read_flow_runs(flow_run_filter=started_before, limit=200) if r.id != run.id
+        ]
+        if any(r.end_time is None or r.end_time > tick for r in others):
+            record["reason"] = "another flow run was active at its tick"
+            return record
+        ends = [r.end_time for r in others if r.end_time is not None]
+        record["worker_idle_for_s"] = _seconds(tick, max(ends)) if ends else None
+        record["batch"] = batch_of_run(self.settings, record["flow_run_id"])
+        if record["batch"] is None:
+            record["reason"] = "it trained no batch"
+        return record
+
+    def wait_idle(self, timeout_s: float = RUN_TIMEOUT_S) -> None:
+        """Wait until no run of the deployment is pending or running (before the worker stops)."""
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterDeploymentId,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        from deployments.setup_deployment import wait_for
+
+        if self.deployment_id is None:
+            return
+        active = FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[self.deployment_id]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(t) for t in ACTIVE_TYPES])),
+        )
+        with self.api() as client:
+            for run in client.read_flow_runs(flow_run_filter=active, limit=50):
+                logger.info(
+                    "Waiting for flow run %s (%s) before stopping the worker", run.name, run.state_name
+                )
+                wait_for(run.id, timeout_s)
+
+    def stop_all(self) -> None:
+        """Stop worker, MLflow and Prefect; end any process of theirs that is still alive."""
+        from retrain_pipeline import services
+
+        for name in STOP_ORDER:
+            try:
+                self.stopped.append(services.stop(self.settings, name, STOP_TIMEOUT_S))
+            except OSError as exc:
+                self.stopped.append(f"{name}: could not stop: {exc}")
+            logger.info("%s", self.stopped[-1])
+        self.leftovers = leftover_processes(str(self.settings.root))
+        if self.leftovers:
+            logger.warning(
+                "Processes of the benchmark's services still alive; ending them: %s", self.leftovers
+            )
+            _end(self.leftovers)
+
+
+@contextlib.contextmanager
+def own_services(params: Path) -> Iterator[OwnServices]:
+    """Prefect, MLflow, the deployment (cron :data:`NEVER`) and a worker for the project of ``params``.
+
+    Everything is stopped when the block ends, also after an error; the deployment's runs
+    are waited for first when the block ended normally.
+    """
+    from retrain_pipeline import services
+    from retrain_pipeline.config import load_settings
+
+    with project_environ(params):
+        settings = load_settings(params)
+        if str(services.prefect_home(settings)) != os.environ["PREFECT_HOME"]:
+            raise ColdStartError(f"{params}: Prefect's home is not beside the params file")
+        prefect_port, mlflow_port = free_ports(2)
+        own = OwnServices(settings, services.Endpoints(LOOPBACK, prefect_port, LOOPBACK, mlflow_port))
+        try:
+            own.start("prefect")
+            own.start("mlflow")
+            own.deploy("manual", cron=NEVER)
+            own.start("worker")
+            yield own
+            own.wait_idle()
+        finally:
+            own.stop_all()
