@@ -12,6 +12,7 @@ so a process started by a big parent would report the parent's size as its own p
 
 from __future__ import annotations
 
+import atexit
 import resource
 import runpy
 import sys
@@ -23,10 +24,10 @@ def main() -> None:
         raise SystemExit("usage: python -m benchmarks.peak_rss OUT_FILE SCRIPT [ARGS...]")
     out, script = Path(sys.argv[1]), sys.argv[2]
     sys.argv = sys.argv[2:]
-    try:
-        runpy.run_path(script, run_name="__main__")
-    finally:
-        out.write_text(f"{peak_rss_bytes()}\n", encoding="utf-8")
+    # At exit, not after run_path: the flow's command line ends with os._exit after running
+    # the atexit handlers (logs.exit_without_teardown); registered first, this one runs last.
+    atexit.register(lambda: out.write_text(f"{peak_rss_bytes()}\n", encoding="utf-8"))
+    runpy.run_path(script, run_name="__main__")
 
 
 def peak_rss_bytes() -> int:
