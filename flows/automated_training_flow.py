@@ -316,7 +316,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             api_url = temporary_api.wait()
         except TemporaryApiTimeoutError as exc:
-            print(f"error: {temporary_api_unreachable(exc.waited_s)}", file=sys.stderr)
+            if exc.exit_code is None:
+                print(f"error: {temporary_api_unreachable(exc.waited_s)}", file=sys.stderr)
+            else:
+                print(
+                    f"error: Prefect's temporary API server exited with code {exc.exit_code} while "
+                    "starting (its messages are above)",
+                    file=sys.stderr,
+                )
             return 1
     with one_off_run_settings(prefect_home(settings), api_url):
         while True:

@@ -36,11 +36,13 @@ _server: TemporaryApiServer | None = None
 
 
 class TemporaryApiTimeoutError(RuntimeError):
-    """The temporary API server did not answer within ``waited_s`` seconds."""
+    """The temporary API server did not answer within ``waited_s`` seconds, or ``exit_code``
+    says that its process ended first."""
 
-    def __init__(self, waited_s: float, detail: str) -> None:
+    def __init__(self, waited_s: float, detail: str, exit_code: int | None = None) -> None:
         super().__init__(f"Prefect's temporary API server did not answer within {waited_s:g} s: {detail}")
         self.waited_s = waited_s
+        self.exit_code = exit_code
 
 
 class TemporaryApiServer:
@@ -83,7 +85,7 @@ class TemporaryApiServer:
             if code == _PORT_IN_USE:  # another process took the port meanwhile
                 self.start()
             elif code is not None:
-                raise TemporaryApiTimeoutError(timeout_s, f"its process exited with code {code}")
+                raise TemporaryApiTimeoutError(timeout_s, f"its process exited with code {code}", code)
             elif _healthy(self.api_url):
                 return self.api_url
             time.sleep(0.1)
@@ -131,7 +133,7 @@ def start_for_command_line(argv: list[str], default_params: Path) -> TemporaryAp
         if "prefect" in running_urls(settings):
             return None
         home = Path(os.environ.get("PREFECT_HOME") or prefect_home(settings))
-        if os.environ.get("PREFECT_PROFILE") or _profile_may_name_server(home):
+        if _prefect_may_be_configured(home):
             return None
         server = TemporaryApiServer(home)
         server.start()
@@ -147,12 +149,29 @@ def started() -> TemporaryApiServer | None:
     return _server
 
 
-def _profile_may_name_server(prefect_home: Path) -> bool:
-    profiles = prefect_home / "profiles.toml"
-    try:
-        return "PREFECT_API_URL" in profiles.read_text(encoding="utf-8")
-    except OSError:
-        return False
+def _prefect_may_be_configured(prefect_home: Path) -> bool:
+    """Whether Prefect's own settings may name a server: then Prefect decides, as before.
+
+    Prefect reads ``PREFECT_API_URL`` from the environment (checked by the caller), a chosen
+    profile, the profiles file, and ``prefect.toml``, ``.env`` and ``[tool.prefect]`` in
+    ``pyproject.toml`` of the current folder.
+    """
+    if os.environ.get("PREFECT_PROFILE") or os.environ.get("PREFECT_PROFILES_PATH"):
+        return True
+    if Path("prefect.toml").exists():
+        return True
+    mentions = (
+        (prefect_home / "profiles.toml", "PREFECT_API_URL"),
+        (Path(".env"), "PREFECT_API_URL"),
+        (Path("pyproject.toml"), "[tool.prefect"),
+    )
+    for path, text in mentions:
+        try:
+            if text in path.read_text(encoding="utf-8", errors="replace"):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _package_dir(name: str) -> str:

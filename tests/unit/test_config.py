@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -673,3 +675,104 @@ def test_code_source_refuses_what_is_not_a_git_url(make_project: Any, url: str) 
 def test_redact_url_hides_only_the_password() -> None:
     assert redact_url("postgresql://u:pw@h:5/db") == "postgresql://u:***@h:5/db"
     assert redact_url("postgresql://u@h:5/db") == "postgresql://u@h:5/db"
+
+
+# --------------------------------------------------------------------------- light loading
+
+LIGHT_SKIPS = [
+    pytest.param({"model": {"estimator": "not_a_thing"}}, "model.estimator", id="estimator"),
+    pytest.param(
+        {"model": {"hyperparameters": {"no_such_param": 1}}}, "model.hyperparameters", id="hyperparameters"
+    ),
+    pytest.param({"automation": {"cron_schedule": "not a cron"}}, "automation.cron_schedule", id="cron"),
+]
+
+
+@pytest.mark.parametrize(("raw", "key"), LIGHT_SKIPS)
+def test_light_loading_skips_the_checks_that_import_sklearn_or_prefect(
+    tmp_path: Path, params_writer, raw: dict[str, Any], key: str
+) -> None:
+    params = params_writer(tmp_path, raw)
+
+    settings = load_settings(params, light=True)
+    section, name = key.split(".")
+    assert setting(settings, section, name) == raw[section][name]
+
+    with pytest.raises(ConfigError, match=re.escape(f"{key}: ")):
+        load_settings(params)
+
+
+def test_light_loading_of_an_unknown_estimator_and_a_bad_cron(tmp_path: Path, params_writer) -> None:
+    params = params_writer(
+        tmp_path, {"model": {"estimator": "not_a_thing"}, "automation": {"cron_schedule": "61 * * * *"}}
+    )
+
+    settings = load_settings(params, light=True)
+    assert (settings.model.estimator, settings.automation.cron_schedule) == ("not_a_thing", "61 * * * *")
+
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(params)
+    message = str(excinfo.value)
+    assert "model.estimator: unknown estimator 'not_a_thing'" in message
+    assert "automation.cron_schedule: invalid cron expression '61 * * * *'" in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        pytest.param({"automation": {"timezone": "Mars/Olympus"}}, "automation.timezone", id="timezone"),
+        pytest.param({"automation": {"worker_poll_seconds": 0}}, "automation.worker_poll_seconds", id="poll"),
+        pytest.param({"data": {"batch_size": 0}}, "data.batch_size", id="batch-size"),
+        pytest.param({"model": {"bogus": 1}}, "model.bogus", id="unknown-key"),
+        pytest.param({"paths": {"models_dir": "/elsewhere"}}, "paths.models_dir", id="outside-root"),
+    ],
+)
+def test_light_loading_still_checks_everything_else(
+    tmp_path: Path, params_writer, raw: dict[str, Any], key: str
+) -> None:
+    params = params_writer(tmp_path, raw)
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_settings(params, light=True)
+
+
+def run_python(code: str, *args: str, cwd: Path) -> str:
+    """Run ``code`` in a fresh interpreter of this environment; returns its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+LOAD_LIGHT_THEN_FULL = """
+import sys
+from retrain_pipeline.config import load_settings
+load_settings(sys.argv[1], light=True)
+print("sklearn" in sys.modules, "prefect" in sys.modules)
+load_settings(sys.argv[1])
+print("sklearn" in sys.modules, "prefect" in sys.modules)
+"""
+
+
+def test_light_loading_imports_neither_sklearn_nor_prefect(tmp_path: Path, params_writer) -> None:
+    params = params_writer(
+        tmp_path / "project",
+        {
+            "model": {"estimator": "random_forest", "hyperparameters": {"n_estimators": 5}},
+            "automation": {"cron_schedule": "*/5 * * * *"},
+        },
+    )
+    # The second line shows that the check sees those imports: a full load makes them.
+    assert run_python(LOAD_LIGHT_THEN_FULL, str(params), cwd=tmp_path).splitlines() == [
+        "False False",
+        "True True",
+    ]
+
+
+HEAVY_MODULES = ("sklearn", "prefect", "mlflow", "pandas")
+
+
+@pytest.mark.parametrize("module", ["retrain_pipeline.services", "retrain_pipeline.cli"])
+def test_light_modules_import_no_heavy_library(tmp_path: Path, module: str) -> None:
+    code = f"import sys, {module}\nprint(sorted(name for name in {HEAVY_MODULES!r} if name in sys.modules))"
+    assert run_python(code, cwd=tmp_path).strip() == "[]"
