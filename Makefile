@@ -12,6 +12,9 @@ MLFLOW_PORT ?= 5000
 PREFECT_HOST ?= 127.0.0.1
 PREFECT_PORT ?= 4200
 WAIT ?= 600
+# make test: test files run in this many processes at once (pytest-xdist). Most of a test's time
+# is spent waiting for servers, workers and subprocesses, so more than the 2 cores pays off.
+TEST_WORKERS ?= 3
 # make start-cluster: ports of its PostgreSQL, Prefect and MLflow (not those of start-services)
 CLUSTER_HOST ?= 127.0.0.1
 CLUSTER_POSTGRES_PORT ?= 15432
@@ -29,7 +32,7 @@ STAMP := $(VENV)/.installed
 
 # Values from the command line reach recipes through the environment ("$$VAR"), never by
 # pasting them into shell text.
-export PARAMS BATCH VERSION REASON PREFECT_HOST PREFECT_PORT MLFLOW_HOST MLFLOW_PORT WAIT \
+export PARAMS BATCH VERSION REASON PREFECT_HOST PREFECT_PORT MLFLOW_HOST MLFLOW_PORT WAIT TEST_WORKERS \
 	CLUSTER_HOST CLUSTER_POSTGRES_PORT CLUSTER_PREFECT_PORT CLUSTER_MLFLOW_PORT CLUSTER_WORKERS
 
 # Prefect's home (.prefect/ beside the params file) and its other settings are chosen by the
@@ -164,8 +167,8 @@ clean: ## Stop the services, remove generated outputs (keeps data/raw, data/land
 	find models metrics -mindepth 1 ! -name .gitkeep -delete 2>/dev/null || true
 	@echo "Cleaned generated outputs; data/raw, data/landing and .venv are kept."
 
-test: install ## Run the whole test suite (unit, flow, e2e, integration, robustness, bench smoke)
-	$(PY) -m pytest
+test: install ## Run the whole test suite (unit, flow, e2e, integration, robustness, journeys, cluster, bench smoke)
+	$(PY) -m pytest -n "$$TEST_WORKERS" --dist loadfile
 
 bench: install ## Benchmark the flow against a plain script (writes BENCHMARKS.md and benchmarks/results/)
 	$(PY) -m benchmarks.run_benchmark

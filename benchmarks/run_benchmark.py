@@ -1239,6 +1239,17 @@ def _verdict(value: float, limit: float | None) -> tuple[str, str]:
     return f"<= {limit:.2f} s", "**PASS**" if value <= limit else "**FAIL**"
 
 
+PROFILE_FILE = Path(__file__).with_name("cold_start_profile.md")
+
+
+def render_profile() -> list[str]:
+    """Where a cold run's seconds go: a profile measured by hand (py-spy, ``-X importtime``),
+    kept in :data:`PROFILE_FILE` and copied into every report."""
+    if not PROFILE_FILE.is_file():
+        return []
+    return [*PROFILE_FILE.read_text(encoding="utf-8").rstrip().splitlines(), ""]
+
+
 def render_cold_start(cold: Json, summary: Json) -> list[str]:
     """The cold-start table: fresh processes and runs through the benchmark's own services."""
     rows_per_batch = cold["rows_per_batch"]
@@ -1536,6 +1547,7 @@ def render_report(results: Json) -> str:
         *render_targets(results["checks"]),
         *render_totals(results["sizes"]),
         *render_cold_start(results["cold_start"], results["cold_start_summary"]),
+        *render_profile(),
         *render_startup(results["flow_worker"], results["baseline_worker"], results["cli"]),
         *render_per_batch(results["sizes"]),
         *render_growth(results["sizes"]),
