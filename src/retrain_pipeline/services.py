@@ -289,7 +289,9 @@ def running_urls(settings: Settings) -> dict[str, str]:
 
 
 def prepare(spec: ServiceSpec, settings: Settings) -> None:
-    """What a service needs before it starts: MLflow's store in today's artifact scheme."""
+    """What a service needs before it starts: MLflow's store, complete and in today's artifact scheme."""
+    if spec.name == "mlflow":
+        tracking.create_sqlite_store(settings.mlflow)  # whole, even if the server is killed early
     if spec.name == "mlflow" and not settings.mlflow.serve_artifacts:
         tracking.repair_proxied_artifact_uris(settings.mlflow)
 

@@ -58,6 +58,7 @@ def connect(config: MlflowConfig) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    create_sqlite_store(config)
     repair_proxied_artifact_uris(config)
 
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.max_retries)
@@ -99,6 +100,49 @@ def sqlite_file(tracking_uri: str) -> Path | None:
     if not tracking_uri.startswith("sqlite:///"):
         return None
     return Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def create_sqlite_store(config: MlflowConfig) -> bool:
+    """Create the project's SQLite store whole or not at all; True if this call created it.
+
+    MLflow creates a new store's tables, then runs its schema migrations one by one, in the
+    file itself: a process killed in between (kill -9, power loss) left a file that every later
+    run refused (``table trace_metrics already exists``). Here the store is created in a
+    temporary file beside it and linked into place only when complete; ``os.link`` fails if
+    another process was first, and then that one's store is used.
+    """
+    db_file = sqlite_file(config.tracking_uri)
+    if db_file is None or db_file.exists():
+        return False
+    db_file.parent.mkdir(parents=True, exist_ok=True)
+    for stale in db_file.parent.glob(f".{db_file.name}.*.creating"):  # left by killed processes
+        pid = stale.name.removeprefix(f".{db_file.name}.").removesuffix(".creating")
+        if not pid.isdigit() or not _pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    tmp = db_file.with_name(f".{db_file.name}.{os.getpid()}.creating")
+    tmp.unlink(missing_ok=True)
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore(f"sqlite:///{tmp}", config.artifact_location.as_uri())
+    store.engine.dispose()
+    try:
+        os.link(tmp, db_file)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("Created the MLflow store %s", db_file)
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def repair_proxied_artifact_uris(config: MlflowConfig) -> int:

@@ -89,3 +89,45 @@ def test_a_missing_store_is_not_created(tmp_path: Path, monkeypatch: pytest.Monk
     settings = Settings.from_mapping({}, tmp_path)
     assert tracking.repair_proxied_artifact_uris(settings.mlflow) == 0
     assert not (tmp_path / "mlflow.db").exists()
+
+
+_CREATE = """
+import sys
+from pathlib import Path
+from retrain_pipeline import tracking
+from retrain_pipeline.config import Settings
+settings = Settings.from_mapping({}, Path(sys.argv[1]))
+print("creating", flush=True)
+tracking.create_sqlite_store(settings.mlflow)
+print("created", flush=True)
+"""
+
+
+def test_a_store_killed_while_being_created_leaves_no_broken_file(tmp_path: Path) -> None:
+    """kill -9 during MLflow's table creation and migrations: no half-made mlflow.db; the next
+    run creates a complete one (before, every later run failed: 'table ... already exists')."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CREATE, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "creating"
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".mlflow.db.*.creating")) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the temporary store exists: MLflow is creating tables or migrating
+    time.sleep(0.3)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.stdout.read() == "", "the store was complete before the kill; the test proved nothing"
+    assert not (tmp_path / "mlflow.db").exists()
+    assert list(tmp_path.glob(".mlflow.db.*.creating")), "the killed process's temporary store"
+
+    settings = Settings.from_mapping({}, tmp_path)
+    assert tracking.create_sqlite_store(settings.mlflow) is True
+    assert not list(tmp_path.glob(".mlflow.db.*.creating")), "stale temporary stores are removed"
+    assert tracking.create_sqlite_store(settings.mlflow) is False  # exists: left alone
+    assert tracking.connect(settings.mlflow)  # a complete store MLflow accepts
