@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from benchmarks.cold_start import leftover_processes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOP_LEVEL_KEYS = {
@@ -54,24 +55,6 @@ def repo_services_files() -> dict[str, tuple[int, int]]:
     if not REPO_SERVICES.is_dir():
         return {}
     return {f.name: (f.stat().st_mtime_ns, f.stat().st_size) for f in REPO_SERVICES.iterdir() if f.is_file()}
-
-
-def processes_naming(marker: str) -> list[str]:
-    """Live processes whose command line or environment contains ``marker``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-            status = (entry / "status").read_text(errors="replace")
-        except OSError:
-            continue
-        if "State:\tZ" not in status and (marker.encode() in cmdline or marker.encode() in environ):
-            command = cmdline.replace(b"\0", b" ").decode(errors="replace")
-            found.append(f"{entry.name}: {command}")
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +178,7 @@ def test_no_process_of_the_services_is_left(smoke_results: Smoke) -> None:
     assert [line.split(":")[0] for line in services["stopped"]] == ["worker", "mlflow", "prefect"]
     assert all("stopped" in line for line in services["stopped"]), services["stopped"]
     assert services["leftover_processes"] == []
-    assert processes_naming(services["project"]) == []
+    assert leftover_processes(services["project"]) == []
 
 
 def test_report_has_the_target_table(smoke_results: Smoke) -> None:
