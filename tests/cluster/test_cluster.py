@@ -164,7 +164,9 @@ def test_concurrent_runs_from_both_sides_train_each_batch_exactly_once(cluster: 
         ]
         for process in contenders:
             out, err = process.communicate(timeout=600)
-            last = (err.strip().splitlines() or [""])[-1]
+            # The CLI's own last "error:" line (make adds its own line after it).
+            errors = [line for line in err.splitlines() if line.startswith("error:")]
+            last = errors[-1] if errors else (err.strip().splitlines() or [""])[-1]
             outputs.append(f"batch {batch}: exit {process.returncode}: {out.strip()[-200:]} {last}")
             # Trained, busy (another run holds the lock) or refused as already completed.
             assert process.returncode == 0 or "already completed" in last, outputs[-1]

@@ -46,9 +46,25 @@ def _wait_for(what: str, check: Callable[[], T | None], timeout: float, every: f
         time.sleep(every)
 
 
+class _RetryUnavailable(httpx.HTTPTransport):
+    """Retry 503 like Prefect's own client does: a busy SQLite-backed server (three test files
+    at once on two cores) answers 503 when its database stays locked."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(6):
+            response = super().handle_request(request)
+            if response.status_code != 503 or attempt == 5:
+                return response
+            response.close()
+            time.sleep(1 + attempt)
+        raise AssertionError("not reached")
+
+
 class PrefectApi:
     def __init__(self, port: int) -> None:
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=10)
+        self.http = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}/api", timeout=10, transport=_RetryUnavailable()
+        )
 
     def flow_run(self, flow_run_id: str) -> dict[str, Any]:
         response = self.http.get(f"/flow_runs/{flow_run_id}")
