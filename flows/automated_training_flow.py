@@ -30,7 +30,7 @@ from prefect.runtime import deployment, flow_run
 from retrain_pipeline.api_server import TemporaryApiTimeoutError
 from retrain_pipeline.api_server import started as started_api_server
 from retrain_pipeline.batch_manager import choose_batch, pause_schedule, record_batch
-from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings
+from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings, resolve_params_file
 from retrain_pipeline.data_tasks import (
     BatchInput,
     TrainingData,
@@ -68,16 +68,17 @@ from retrain_pipeline.tracking import import_mlflow
 from retrain_pipeline.versioning import import_dvc
 
 
-def import_run_libraries() -> None:
+def import_run_libraries(tracking_uri: str | None) -> None:
     """Import what every training run needs (MLflow, skops, DVC, matplotlib: about 6 s on
     2 cores) ahead of the run, where that time would otherwise be idle.
 
     A worker starts a scheduled run's process up to ``automation.worker_prefetch_seconds``
     before the tick; the process loads this module, then Prefect holds the run until its
     scheduled time: importing here moves the cost before the tick. A command-line run imports
-    them while Prefect's temporary API server boots on the other core.
+    them while Prefect's temporary API server boots on the other core. MLflow's SQL store is
+    imported unless ``tracking_uri`` names a server.
     """
-    import_mlflow(os.environ.get("MLFLOW_TRACKING_URI"))
+    import_mlflow(tracking_uri)
     import_dvc()
     import_plotting()
 
@@ -85,11 +86,10 @@ def import_run_libraries() -> None:
 # A worker's flow-run process (PREFECT__FLOW_RUN_ID: the run the worker gave it); not when
 # `make deploy` or a test imports this module.
 if os.environ.get("PREFECT__FLOW_RUN_ID"):
-    import_run_libraries()
+    import_run_libraries(os.environ.get("MLFLOW_TRACKING_URI"))  # its params are not read yet
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
-PARAMS_ENV = "RETRAIN_PARAMS"  # a worker's own params file, for runs that name none
 
 Outcome = dict[str, Any]
 
@@ -99,14 +99,8 @@ def _outcome(status: str, batch_number: int | None, message: str, **extra: Any) 
 
 
 def resolve_params(params_path: str | None) -> Path | None:
-    """The params file in use: the given one (relative to the project root), else the worker's
-    ``RETRAIN_PARAMS`` (set by ``make start-worker``: a deployment whose code workers clone from
-    Git runs on each worker's own project folder), else the default."""
-    params_path = params_path or os.environ.get(PARAMS_ENV, "").strip() or None
-    if params_path:
-        path = Path(params_path).expanduser()
-        return path if path.is_absolute() else PROJECT_ROOT / path
-    return DEFAULT_PARAMS if DEFAULT_PARAMS.is_file() else None
+    """The params file in use (:func:`retrain_pipeline.config.resolve_params_file`)."""
+    return resolve_params_file(params_path, DEFAULT_PARAMS)
 
 
 @flow(name="automated-training")
@@ -312,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     api_url = running.get("prefect")
     temporary_api = started_api_server()
     if api_url is None and temporary_api is not None:
-        import_run_libraries()  # while the server boots
+        import_run_libraries(settings.mlflow.tracking_uri)  # while the server boots
         try:
             api_url = temporary_api.wait()
         except TemporaryApiTimeoutError as exc:

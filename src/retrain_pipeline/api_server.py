@@ -114,21 +114,16 @@ def start_for_command_line(argv: list[str], default_params: Path) -> TemporaryAp
     if _server is not None or {"-h", "--help"} & set(argv) or os.environ.get("PREFECT_API_URL"):
         return _server
     try:
-        from retrain_pipeline.config import load_settings
+        from retrain_pipeline.config import load_settings, resolve_params_file
         from retrain_pipeline.services import prefect_home, running_urls
 
         parser = argparse.ArgumentParser(add_help=False)
         parser.add_argument("--params")
         known, _ = parser.parse_known_args(argv)
-        if known.params:
-            path = Path(known.params).expanduser().resolve()
-        else:
-            named = os.environ.get("RETRAIN_PARAMS", "").strip()
-            path = Path(named).expanduser() if named else default_params
-            path = path if path.is_absolute() else default_params.parent / path
-        if not path.is_file() and path != default_params:
+        given = str(Path(known.params).expanduser().resolve()) if known.params else None  # as main()
+        params_file = resolve_params_file(given, default_params)
+        if params_file is not None and not params_file.is_file():
             return None  # the run will report the missing params file
-        params_file = path if path.is_file() else None
         settings = load_settings(params_file, default_root=default_params.parent, light=True)
         if "prefect" in running_urls(settings):
             return None

@@ -207,25 +207,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _operation(settings: Settings, args: argparse.Namespace) -> int:
-    """lineage, rollback and restore-data: they need pandas, MLflow and DVC, so import late."""
+    """lineage, rollback and restore-data: they need pandas, MLflow and DVC, so import late.
+    Called inside :func:`main`'s ``try``, which reports a :class:`PipelineError`."""
     from retrain_pipeline import operations
 
-    try:
-        if args.command == "lineage":
-            payload = operations.lineage(settings, batch=args.batch, version=args.version)
-            print(json.dumps(payload, indent=2) if args.json else operations.render_lineage(payload))
-        elif args.command == "rollback":
-            entry = operations.rollback(settings, args.version, args.reason)
-            print(
-                f"champion: v{entry.from_version} -> v{entry.to_version} (batch {entry.to_batch}) "
-                f"by {entry.by} at {entry.at}: {entry.reason}"
-            )
-        elif args.command == "restore-data":
-            target, md5 = operations.restore_data(settings, args.batch, args.out)
-            print(f"restored the training data of batch {args.batch} (manifest md5 {md5}) to {target}")
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.command == "lineage":
+        payload = operations.lineage(settings, batch=args.batch, version=args.version)
+        print(json.dumps(payload, indent=2) if args.json else operations.render_lineage(payload))
+    elif args.command == "rollback":
+        entry = operations.rollback(settings, args.version, args.reason)
+        print(
+            f"champion: v{entry.from_version} -> v{entry.to_version} (batch {entry.to_batch}) "
+            f"by {entry.by} at {entry.at}: {entry.reason}"
+        )
+    elif args.command == "restore-data":
+        target, md5 = operations.restore_data(settings, args.batch, args.out)
+        print(f"restored the training data of batch {args.batch} (manifest md5 {md5}) to {target}")
     return 0
 
 

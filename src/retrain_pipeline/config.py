@@ -54,6 +54,7 @@ ESTIMATORS: dict[str, str] = {
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # pool and deployment names
 _TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 _REMOTE_SCHEMES = ("http", "https", "databricks")
+PARAMS_ENV = "RETRAIN_PARAMS"  # a worker's own params file, for runs that name none
 #: Environment variables that override ``stores`` keys (how ``.cluster/env`` points a clone at a cluster).
 ENV_OVERRIDES = {
     "RETRAIN_STATE_DATABASE_URL": ("stores", "state_database_url"),
@@ -261,7 +262,12 @@ class MlflowConfig(_Section):
 
     @property
     def is_remote(self) -> bool:
-        return self.tracking_uri.partition("://")[0] in _REMOTE_SCHEMES
+        return is_remote_uri(self.tracking_uri)
+
+
+def is_remote_uri(tracking_uri: str) -> bool:
+    """Whether an MLflow tracking URI names a server (no local database to open)."""
+    return tracking_uri.partition("://")[0] in _REMOTE_SCHEMES
 
 
 class AutomationConfig(_Section):
@@ -499,6 +505,18 @@ def _describe(exc: ValidationError) -> str:
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         problems.append(f"{key}: {message} (got {shown})")
     return "; ".join(problems)
+
+
+def resolve_params_file(given: str | None, default_params: Path) -> Path | None:
+    """The params file a run uses: ``given`` (relative to the project folder of
+    ``default_params``), else the worker's ``RETRAIN_PARAMS`` (set by ``make start-worker``: a
+    deployment whose code workers clone from Git runs on each worker's own project folder),
+    else ``default_params`` if it exists; None means the built-in defaults."""
+    given = given or os.environ.get(PARAMS_ENV, "").strip() or None
+    if given:
+        path = Path(given).expanduser()
+        return path if path.is_absolute() else default_params.parent / path
+    return default_params if default_params.is_file() else None
 
 
 def load_settings(

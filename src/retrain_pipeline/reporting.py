@@ -103,9 +103,7 @@ def plot_metric_history(state: PipelineState, metric: str) -> bytes:
     """A PNG of the primary metric per batch: every new model, the champion line, promotions marked."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; set here, not at import
+    import_plotting()  # the Agg backend: no display; set here, not at import
     from matplotlib import pyplot as plt
     from matplotlib.ticker import MaxNLocator
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retrain_pipeline.config import MlflowConfig
+from retrain_pipeline.config import MlflowConfig, is_remote_uri
 from retrain_pipeline.errors import TrackingError
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def import_mlflow(tracking_uri: str | None) -> None:
     import mlflow.sklearn
     import skops.io  # noqa: F401
 
-    if not (tracking_uri or "").startswith(("http://", "https://")):
+    if tracking_uri is None or not is_remote_uri(tracking_uri):
         import mlflow.store.model_registry.sqlalchemy_store
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
