@@ -34,6 +34,7 @@ from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings, r
 from retrain_pipeline.data_tasks import (
     BatchInput,
     TrainingData,
+    Versioned,
     load_batch,
     quarantine_batch,
     save_and_version,
@@ -53,13 +54,17 @@ from retrain_pipeline.logs import (
     temporary_api_unreachable,
 )
 from retrain_pipeline.model_tasks import (
+    Champion,
     evaluate,
     load_champion,
     log_run,
+    log_untrained,
     publish_reports,
     tag_and_promote,
     train,
 )
+from retrain_pipeline.monitoring import DRIFT_REPORT_FILE, mlflow_metrics, report_document
+from retrain_pipeline.monitoring_tasks import BatchMonitoring, monitor_batch
 from retrain_pipeline.reporting import import_plotting, training_report
 from retrain_pipeline.services import prefect_home, running_urls
 from retrain_pipeline.state import BatchRecord, PipelineBusyError, PipelineState, utc_now
@@ -154,7 +159,10 @@ def _process_batch(
         publish_reports(settings, rejected_state, None, None, n)
         raise
     try:
-        committed = _train_and_commit(settings, store, state, batch, training, started)
+        experiment_id, champion = load_champion(settings, state)
+        checked = monitor_batch(settings, state, training, champion, force)
+        run = _Run(settings, store, state, batch, training, started, experiment_id, checked)
+        committed = _train_and_commit(run, champion) if checked.decision.train else _accept_untrained(run)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         record = BatchRecord(
@@ -163,18 +171,53 @@ def _process_batch(
         record_batch(settings, store, state, n, record, state.champion_version)
         raise
     # The state file is the commit point; the alias follows it (and is repaired from it).
-    promoted_version = committed.model_version if committed.record.promoted else None
+    promoted_version = committed.record.model_version if committed.record.promoted else None
     tag_and_promote(settings, committed.run_id, promoted_version, committed.model_file)
     publish_reports(settings, committed.state, committed.run_id, committed.report, n)
+    if committed.record.trained is False:
+        message = f"batch {n}: accepted without training ({committed.record.skip_reason})"
+    else:
+        message = f"batch {n}: model v{committed.record.model_version} " + (
+            "promoted to champion" if committed.record.promoted else "not promoted"
+        )
     return _outcome(
         "completed",
         n,
-        f"batch {n}: model v{committed.record.model_version} "
-        + ("promoted to champion" if committed.record.promoted else "not promoted"),
+        message,
+        trained=committed.record.trained,
         model_version=committed.record.model_version,
         promoted=committed.record.promoted,
         metrics=committed.record.metrics,
+        drift=committed.record.drift.dataset_drift if committed.record.drift else None,
     )
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What a batch that passed validation carries into training or acceptance."""
+
+    settings: Settings
+    store: StateStore
+    state: PipelineState
+    batch: BatchInput
+    training: TrainingData
+    started: str
+    experiment_id: str
+    checked: BatchMonitoring
+
+    def tags(self, versioned: Versioned) -> dict[str, str]:
+        tags = {
+            "batch_number": str(self.batch.batch_number),
+            "data_md5": versioned.data_md5,
+            "prefect_flow_run_id": str(flow_run.id),
+            "pipeline_project": self.settings.project_id,
+        }
+        if versioned.model_md5:
+            tags["model_md5"] = versioned.model_md5
+        return tags
+
+    def documents(self) -> dict[str, Any]:
+        return {DRIFT_REPORT_FILE: report_document(self.checked.record, self.checked.report)}
 
 
 @dataclass(frozen=True)
@@ -182,46 +225,34 @@ class _Committed:
     state: PipelineState
     record: BatchRecord
     run_id: str
-    model_version: str
-    model_file: Path
+    model_file: Path | None
     report: str
 
 
-def _train_and_commit(
-    settings: Settings,
-    store: StateStore,
-    state: PipelineState,
-    batch: BatchInput,
-    training: TrainingData,
-    started: str,
-) -> _Committed:
+def _train_and_commit(run: _Run, champion: Champion | None) -> _Committed:
     """Train, evaluate, version, log and record the batch as completed in the state store."""
-    n = batch.batch_number
-    experiment_id, champion = load_champion(settings, state)
+    settings, training, n = run.settings, run.training, run.batch.batch_number
     model = train(settings, training)
     evaluation = evaluate(settings, model, champion, training)
     versioned = save_and_version(settings, training, model)
-    data_md5, model_md5 = versioned.data_md5, versioned.model_md5
-    run_id = str(flow_run.id)
-    tags = {
-        "batch_number": str(n),
-        "data_md5": data_md5,
-        "model_md5": model_md5,
-        "prefect_flow_run_id": run_id,
-        "pipeline_project": settings.project_id,
-    }
     logged = log_run(
-        settings, experiment_id, trained=model, training=training, evaluation=evaluation, tags=tags
+        settings,
+        run.experiment_id,
+        trained=model,
+        training=training,
+        evaluation=evaluation,
+        tags=run.tags(versioned),
+        monitoring_metrics=mlflow_metrics(run.checked.record),
+        documents=run.documents(),
     )
-
     previous = champion.version if champion else None
     promoted = evaluation.decision.promote
     summary = training.parts.summary
     record = BatchRecord(
         status="completed",
-        started_at=started,
+        started_at=run.started,
         finished_at=utc_now(),
-        source=batch.source,
+        source=run.batch.source,
         rows=training.rows,
         train_rows=summary.train_rows,
         holdout_rows=summary.holdout_rows,
@@ -233,12 +264,14 @@ def _train_and_commit(
         promotion_reason=evaluation.decision.reason,
         mlflow_run_id=logged.run_id,
         model_version=logged.model_version,
-        data_md5=data_md5,
-        model_md5=model_md5,
-        prefect_flow_run_id=run_id,
+        data_md5=versioned.data_md5,
+        model_md5=versioned.model_md5,
+        prefect_flow_run_id=str(flow_run.id),
+        trained=True,
+        drift=run.checked.record,
     )
     new_state = record_batch(
-        settings, store, state, n, record, logged.model_version if promoted else previous
+        settings, run.store, run.state, n, record, logged.model_version if promoted else previous
     )
     report = training_report(
         batch_number=n,
@@ -251,7 +284,42 @@ def _train_and_commit(
         primary_metric=settings.evaluation.primary_metric,
         summary=summary,
     )
-    return _Committed(new_state, record, logged.run_id, logged.model_version, versioned.model_file, report)
+    return _Committed(new_state, record, logged.run_id, versioned.model_file, report)
+
+
+def _accept_untrained(run: _Run) -> _Committed:
+    """``monitoring.retrain_policy: on_change`` and nothing changed: version the batch, log
+    its monitoring figures and record it completed without training a model."""
+    settings, training, n = run.settings, run.training, run.batch.batch_number
+    reason = run.checked.decision.reason
+    versioned = save_and_version(settings, training, None)
+    run_id = log_untrained(
+        settings,
+        run.experiment_id,
+        training=training,
+        skip_reason=reason,
+        tags=run.tags(versioned),
+        monitoring_metrics=mlflow_metrics(run.checked.record),
+        documents=run.documents(),
+    )
+    record = BatchRecord(
+        status="completed",
+        started_at=run.started,
+        finished_at=utc_now(),
+        source=run.batch.source,
+        rows=training.rows,
+        training_rows_total=training.parts.summary.rows,
+        champion_version_before=run.state.champion_version,
+        mlflow_run_id=run_id,
+        data_md5=versioned.data_md5,
+        prefect_flow_run_id=str(flow_run.id),
+        trained=False,
+        skip_reason=reason,
+        drift=run.checked.record,
+    )
+    new_state = record_batch(settings, run.store, run.state, n, record, run.state.champion_version)
+    report = f"# Batch {n}: accepted without training\n\n{reason}\n"
+    return _Committed(new_state, record, run_id, None, report)
 
 
 # --------------------------------------------------------------------------- command line

@@ -18,6 +18,7 @@ from typing import Any
 from retrain_pipeline.arguments import host_argument, port_argument
 from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings
 from retrain_pipeline.errors import PipelineError
+from retrain_pipeline.reporting import drift_cell
 from retrain_pipeline.state import PipelineState, next_batch_number
 from retrain_pipeline.state_stores import FileStateStore, state_store
 
@@ -53,6 +54,8 @@ def render_status(payload: dict[str, Any]) -> str:
         f"champion {metric}",
         "promoted",
         "version",
+        "drift",
+        f"champion {metric} on batch",
         "finished at",
     ]
     rows = [
@@ -64,7 +67,9 @@ def render_status(payload: dict[str, Any]) -> str:
             _cell((b["metrics"] or {}).get(metric)),
             _cell((b["champion_metrics"] or {}).get(metric)),
             _cell(b["promoted"]),
-            _cell(b["model_version"]),
+            "not trained" if b.get("trained") is False else _cell(b["model_version"]),
+            drift_cell(b.get("drift")),
+            _cell((b.get("drift") or {}).get("champion_score_on_batch")),
             _cell(b["finished_at"]),
         ]
         for key, b in payload["batches"].items()
@@ -78,6 +83,8 @@ def render_status(payload: dict[str, Any]) -> str:
     for key, b in payload["batches"].items():
         if b["error"]:
             lines.append(f"batch {key} {b['status']}: {b['error']}")
+        elif b.get("trained") is False:
+            lines.append(f"batch {key} not trained: {b.get('skip_reason')}")
     champion = payload["champion_version"]
     lines.append("")
     for rollback in payload["rollbacks"][-3:]:

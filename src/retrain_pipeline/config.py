@@ -16,7 +16,7 @@ import importlib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -33,6 +33,9 @@ from pydantic import (
 )
 
 from retrain_pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from retrain_pipeline.drift import DriftRules
 
 PARAMS_FILE_NAME = "params.yaml"
 MAX_BATCH_NUMBER = 1_000_000
@@ -387,6 +390,51 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
 
 
+RetrainPolicy = Literal["always", "on_change"]
+Probability = Annotated[float, Field(gt=0, lt=1)]
+
+
+class MonitoringConfig(_Section):
+    """How each batch is compared with what the champion learned, and whether that decides
+    training (rules: :mod:`retrain_pipeline.drift`)."""
+
+    retrain_policy: RetrainPolicy = "always"
+    drift_share: float = Field(default=0.5, gt=0, le=1)
+    decay_tolerance: float = Field(default=0.05, ge=0, le=1)
+    ks_threshold: Probability = 0.05
+    chi2_threshold: Probability = 0.05
+    wasserstein_threshold: float = Field(default=0.1, gt=0)
+    jensenshannon_threshold: float = Field(default=0.1, gt=0, le=1)
+    large_sample_rows: int = Field(default=1000, ge=1)
+    categorical_max_unique: int = Field(default=5, ge=1)
+    min_rows: int = Field(default=30, ge=2)
+    sample_rows: int = Field(default=50_000, ge=100)
+
+    @model_validator(mode="after")
+    def _sampling_keeps_the_method(self) -> MonitoringConfig:
+        if self.sample_rows <= self.large_sample_rows:
+            raise ValueError(
+                f"sample_rows ({self.sample_rows}) must exceed large_sample_rows ({self.large_sample_rows}): "
+                "a sampled reference must not switch the numeric test from distance to KS"
+            )
+        return self
+
+    def drift_rules(self) -> DriftRules:
+        from retrain_pipeline.drift import DriftRules
+
+        return DriftRules(
+            drift_share=self.drift_share,
+            ks_threshold=self.ks_threshold,
+            wasserstein_threshold=self.wasserstein_threshold,
+            chi2_threshold=self.chi2_threshold,
+            jensenshannon_threshold=self.jensenshannon_threshold,
+            large_sample_rows=self.large_sample_rows,
+            categorical_max_unique=self.categorical_max_unique,
+            min_rows=self.min_rows,
+            sample_rows=self.sample_rows,
+        )
+
+
 class PathsConfig(_Section):
     """Where the pipeline writes its outputs."""
 
@@ -407,6 +455,7 @@ class Settings(_Section):
     automation: AutomationConfig = Field(default_factory=dict)  # type: ignore[assignment]
     paths: PathsConfig = Field(default_factory=dict)  # type: ignore[assignment]
     stores: StoresConfig = Field(default_factory=dict)  # type: ignore[assignment]
+    monitoring: MonitoringConfig = Field(default_factory=dict)  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _versioned_outputs_inside_root(self) -> Settings:

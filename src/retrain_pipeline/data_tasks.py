@@ -50,15 +50,17 @@ class TrainingData:
     parts: data.TrainHoldout
     accepted_batches: tuple[int, ...]  # the batches merged, oldest first
     file: Path  # the processed file of this batch
+    batch_frame: pd.DataFrame  # this batch, validated (features and target): what monitoring checks
 
 
 @dataclass(frozen=True)
 class Versioned:
-    """The saved model file and the md5s DVC recorded for the training-data manifest and it."""
+    """The saved model file and the md5s DVC recorded for the training-data manifest and it
+    (no model: the batch was accepted without training)."""
 
-    model_file: Path
+    model_file: Path | None
     data_md5: str
-    model_md5: str
+    model_md5: str | None
 
 
 @task(name="load-batch", cache_policy=NO_CACHE)
@@ -116,7 +118,7 @@ def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInp
     # Later batches pass the fixed kinds on; a first batch (or one after a legacy file) records its own.
     kinds = fixed if fixed is not None else data.feature_kinds(batch.frame, features)
     data.write_processed_batch(split, settings.processed_batch_file(n), kinds)
-    return TrainingData(n, len(valid), parts, (*earlier, n), settings.processed_batch_file(n))
+    return TrainingData(n, len(valid), parts, (*earlier, n), settings.processed_batch_file(n), valid)
 
 
 @dataclass(frozen=True)
@@ -293,19 +295,24 @@ def quarantine_batch(settings: Settings, error: DataValidationError, batch: Batc
 
 
 @task(name="save-and-version", cache_policy=NO_CACHE)
-def save_and_version(settings: Settings, training: TrainingData, model: object) -> Versioned:
+def save_and_version(settings: Settings, training: TrainingData, model: object | None) -> Versioned:
     """Save the model to ``models/batch_<N>.joblib``; DVC-track it, the new batch file and
     the manifest of the training data, and push them to the DVC remote when one is configured.
+    ``model`` None (a batch accepted without training): the batch file and the manifest of
+    the data accepted so far only.
 
     Earlier batch files were tracked when they were accepted: their md5s come from their
     ``.dvc`` files, so no run re-hashes or re-copies history. A file whose ``.dvc`` file is
     missing or out of date (one fetched from the remote, say) is hashed and tracked again.
     A failed push raises VersioningError: the batch is not completed.
     """
-    model_file = settings.model_file(training.batch_number)
-    dump_joblib_atomic(model, model_file)
+    model_file = settings.model_file(training.batch_number) if model is not None else None
+    if model_file is not None:
+        dump_joblib_atomic(model, model_file)
     processed = settings.data.processed_dir
-    to_track = [training.file, settings.training_manifest_file, model_file]
+    to_track = [training.file, settings.training_manifest_file]
+    if model_file is not None:
+        to_track.append(model_file)
     files = []
     for k in training.accepted_batches:
         path = settings.processed_batch_file(k)
@@ -327,4 +334,5 @@ def save_and_version(settings: Settings, training: TrainingData, model: object) 
             )
     if settings.stores.dvc_remote is not None:
         versioning.push(settings.root, to_track)
-    return Versioned(model_file, tracked[settings.training_manifest_file], tracked[model_file])
+    model_md5 = tracked[model_file] if model_file is not None else None
+    return Versioned(model_file, tracked[settings.training_manifest_file], model_md5)

@@ -22,6 +22,7 @@ from retrain_pipeline.errors import TrackingError
 from retrain_pipeline.fileio import atomic_path, md5_file
 from retrain_pipeline.state import PipelineState
 from retrain_pipeline.state_stores import state_store
+from retrain_pipeline.tracking import SKIP_REASON_TAG, TRAINED_TAG
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,11 @@ def log_run(
     training: TrainingData,
     evaluation: Evaluation,
     tags: dict[str, str],
+    monitoring_metrics: dict[str, float | None],
+    documents: dict[str, Any],
 ) -> tracking.LoggedModel:
-    """One MLflow run for this attempt: tags, params, metrics, model; registers a version."""
+    """One MLflow run for this attempt: tags, params, metrics (with the batch's monitoring
+    figures), JSON documents, model; registers a version."""
     cfg = settings
     summary = training.parts.summary
     # A few training rows as the input example (every batch has at least one).
@@ -161,6 +165,7 @@ def log_run(
         **evaluation.metrics,
         **{f"champion_{k}": v for k, v in (evaluation.champion_metrics or {}).items()},
         "promoted": float(evaluation.decision.promote),
+        **monitoring_metrics,
     }
     return tracking.log_training_run(
         cfg.mlflow,
@@ -171,11 +176,45 @@ def log_run(
         metrics=metrics,
         model=trained,
         input_example=example,
+        documents=documents,
+    )
+
+
+@task(name="log-untrained-to-mlflow", cache_policy=NO_CACHE)
+def log_untrained(
+    settings: Settings,
+    experiment_id: str,
+    *,
+    training: TrainingData,
+    skip_reason: str,
+    tags: dict[str, str],
+    monitoring_metrics: dict[str, float | None],
+    documents: dict[str, Any],
+) -> str:
+    """The MLflow run of a batch accepted without training: its monitoring figures; returns its id."""
+    params: dict[str, Any] = {
+        "batch_number": training.batch_number,
+        "batch_rows": training.rows,
+        "training_rows_total": training.parts.summary.rows,
+        "accepted_batches": ",".join(map(str, training.accepted_batches)),
+        "retrain_policy": settings.monitoring.retrain_policy,
+        "primary_metric": settings.evaluation.primary_metric,
+    }
+    return tracking.log_untrained_run(
+        settings.mlflow,
+        experiment_id,
+        run_name=f"batch-{training.batch_number}-not-trained",
+        tags={**tags, TRAINED_TAG: "false", SKIP_REASON_TAG: skip_reason[:5000]},
+        params=params,
+        metrics=monitoring_metrics,
+        documents=documents,
     )
 
 
 @task(name="tag-and-promote", cache_policy=NO_CACHE)
-def tag_and_promote(settings: Settings, run_id: str, promoted_version: str | None, model_file: Path) -> None:
+def tag_and_promote(
+    settings: Settings, run_id: str, promoted_version: str | None, model_file: Path | None
+) -> None:
     """After the state commit: tag the MLflow run as committed, then promote when decided.
 
     Promoting moves the ``champion`` alias and copies the model to ``models/champion.joblib``.
@@ -187,7 +226,7 @@ def tag_and_promote(settings: Settings, run_id: str, promoted_version: str | Non
         get_run_logger().warning(
             "Could not tag run %s as committed (rebuild-state would skip it): %s", run_id, exc
         )
-    if promoted_version is not None:
+    if promoted_version is not None and model_file is not None:
         tracking.set_champion(settings.mlflow, promoted_version)
         with atomic_path(settings.champion_model_file) as tmp:
             shutil.copyfile(model_file, tmp)

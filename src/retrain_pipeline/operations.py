@@ -17,7 +17,8 @@ from retrain_pipeline import data, tracking, versioning
 from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import StateError
 from retrain_pipeline.fileio import atomic_path
-from retrain_pipeline.state import Rollback, utc_now
+from retrain_pipeline.reporting import drift_summary
+from retrain_pipeline.state import BatchRecord, Rollback, utc_now
 from retrain_pipeline.state_stores import state_store
 
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
@@ -48,13 +49,15 @@ def _cache_state(settings: Settings, md5: str | None) -> str:
 def lineage(settings: Settings, *, batch: int | None = None, version: str | None = None) -> dict[str, Any]:
     """Everything that ties a batch to its model and data (or a model version to its batch)."""
     state = state_store(settings).load()
-    tracking.connect(settings.mlflow)
+    experiment_id = tracking.connect(settings.mlflow)
     if version is not None:
         info = tracking.version_info(settings.mlflow, version)
         batch = info.batch_number
     if batch is None:
         raise StateError(f"model version {version} carries no batch_number tag")
     record = state.record(batch)
+    if version is None and record is not None and record.status == "completed" and record.trained is False:
+        return _untrained_lineage(settings, batch, record, experiment_id)
     if version is None:
         if record is None or record.status != "completed" or record.model_version is None:
             status = record.status if record else "not processed"
@@ -81,15 +84,54 @@ def lineage(settings: Settings, *, batch: int | None = None, version: str | None
         "prefect_flow_run_id": flow_run_id,
         "prefect_flow_run_link": f"{_prefect_ui()}/runs/flow-run/{flow_run_id}" if flow_run_id else None,
         "params": info.run_params,
+        "trained": True,
+        "skip_reason": None,
+        "drift": record.drift.model_dump(mode="json") if record and record.drift else None,
+    }
+
+
+def _untrained_lineage(
+    settings: Settings, batch: int, record: BatchRecord, experiment_id: str
+) -> dict[str, Any]:
+    """A batch accepted without training (``monitoring.retrain_policy: on_change``): its data
+    and its MLflow run, no model."""
+    run_id = record.mlflow_run_id
+    flow_run_id = record.prefect_flow_run_id
+    return {
+        "batch": batch,
+        "batch_status": record.status,
+        "source": record.source,
+        "model_version": None,
+        "registered_model": settings.mlflow.registered_model_name,
+        "is_champion": False,
+        "is_batch_latest_model": True,
+        "mlflow_run_id": run_id,
+        "mlflow_run_link": f"{_mlflow_ui(settings)}/#/experiments/{experiment_id}/runs/{run_id}"
+        if run_id
+        else None,
+        "data_md5": record.data_md5,
+        "data_in_dvc_cache": _cache_state(settings, record.data_md5),
+        "model_md5": None,
+        "model_in_dvc_cache": None,
+        "prefect_flow_run_id": flow_run_id,
+        "prefect_flow_run_link": f"{_prefect_ui()}/runs/flow-run/{flow_run_id}" if flow_run_id else None,
+        "params": {},
+        "trained": False,
+        "skip_reason": record.skip_reason,
+        "drift": record.drift.model_dump(mode="json") if record.drift else None,
     }
 
 
 def render_lineage(payload: dict[str, Any]) -> str:
-    lines = [
-        f"batch {payload['batch']} ({payload['batch_status']}) <-> "
-        f"{payload['registered_model']} v{payload['model_version']}"
-        + (" [champion]" if payload["is_champion"] else "")
-    ]
+    if payload["model_version"] is None:
+        head = f"batch {payload['batch']} ({payload['batch_status']}): no model, accepted without training"
+    else:
+        head = (
+            f"batch {payload['batch']} ({payload['batch_status']}) <-> "
+            f"{payload['registered_model']} v{payload['model_version']}"
+            + (" [champion]" if payload["is_champion"] else "")
+        )
+    lines = [head]
     labels = [
         ("source", "source"),
         ("mlflow_run_id", "MLflow run"),
@@ -104,6 +146,9 @@ def render_lineage(payload: dict[str, Any]) -> str:
     lines += [f"  {label:<13} {payload[key] if payload[key] is not None else '-'}" for key, label in labels]
     if not payload["is_batch_latest_model"]:
         lines.append("  note:         a later --force retrain replaced this batch's model in the state")
+    if payload["skip_reason"]:
+        lines.append(f"  not trained   {payload['skip_reason']}")
+    lines.append(f"  drift         {drift_summary(payload['drift'])}")
     params = ", ".join(f"{k}={v}" for k, v in sorted(payload["params"].items()))
     lines.append(f"  params        {params or '-'}")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from retrain_pipeline.config import METRIC_NAMES
 from retrain_pipeline.state import BatchRecord, PipelineState
-from retrain_pipeline.tracking import BatchRun
+from retrain_pipeline.tracking import SKIP_REASON_TAG, TRAINED_TAG, BatchRun
 
 _REASON_FILE = re.compile(r"^batch_(\d+)\.(\d{8}T\d{6})\+0000\.reason\.txt$")
 
@@ -31,7 +31,22 @@ def _int(value: str | None) -> int | None:
 
 
 def record_from_run(run: BatchRun, attempts: int) -> BatchRecord:
-    """The completed record of a batch as its MLflow run describes it."""
+    """The completed record of a batch as its MLflow run describes it (the drift section stays
+    in the run's ``drift_report.json``)."""
+    if run.tags.get(TRAINED_TAG) == "false":  # accepted without training (monitoring)
+        return BatchRecord(
+            status="completed",
+            started_at=_iso(run.start_time_ms) or "",
+            finished_at=_iso(run.end_time_ms),
+            attempts=attempts,
+            rows=_int(run.params.get("batch_rows")),
+            training_rows_total=_int(run.params.get("training_rows_total")),
+            mlflow_run_id=run.run_id,
+            data_md5=run.tags.get("data_md5"),
+            prefect_flow_run_id=run.tags.get("prefect_flow_run_id"),
+            trained=False,
+            skip_reason=run.tags.get(SKIP_REASON_TAG),
+        )
     metrics = {name: run.metrics.get(name) for name in METRIC_NAMES}
     champion: dict[str, float | None] = {
         name: run.metrics[f"champion_{name}"] for name in METRIC_NAMES if f"champion_{name}" in run.metrics

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from retrain_pipeline.config import METRIC_NAMES
-from retrain_pipeline.data import DataSummary
 from retrain_pipeline.state import PipelineState
+
+if TYPE_CHECKING:
+    from retrain_pipeline.data import DataSummary
 
 
 def _fmt(value: float | None) -> str:
@@ -60,6 +63,7 @@ class MetricPoint:
     champion_before: float | None  # the previous champion on the same holdout
     promoted: bool | None
     model_version: str | None
+    champion_on_batch: float | None = None  # the champion before it, scored on the whole new batch
 
     @property
     def champion_after(self) -> float | None:
@@ -73,6 +77,7 @@ class MetricPoint:
             f"champion {metric} before": self.champion_before,
             "promoted": self.promoted,
             "model_version": self.model_version,
+            f"champion {metric} on the new batch": self.champion_on_batch,
         }
 
 
@@ -86,9 +91,51 @@ def metric_history(state: PipelineState, metric: str) -> list[MetricPoint]:
             champion_before=(record.champion_metrics or {}).get(metric),
             promoted=record.promoted,
             model_version=record.model_version,
+            champion_on_batch=record.drift.champion_score_on_batch if record.drift else None,
         )
         for key, record in state.batches.items()
     ]
+
+
+def drift_cell(drift: Mapping[str, Any] | None) -> str:
+    """The status table's drift column from a record's ``drift`` section (JSON form):
+    ``yes 0.60`` / ``no 0.10`` (dataset drift, drifted share), ``n/a`` when not checked,
+    ``-`` before monitoring existed; ``+decay`` when the champion decayed on the batch."""
+    if not drift:
+        return "-"
+    if drift.get("dataset_drift") is None:
+        cell = "n/a"
+    else:
+        cell = f"{'yes' if drift['dataset_drift'] else 'no'} {drift.get('drift_share') or 0:.2f}"
+    return cell + (" +decay" if drift.get("decay") else "")
+
+
+def drift_summary(drift: Mapping[str, Any] | None) -> str:
+    """One line for ``lineage``: the drift verdict, the drifted columns and the champion's score."""
+    if not drift:
+        return "- (recorded before monitoring existed)"
+    if drift.get("dataset_drift") is None:
+        text = f"not checked ({drift.get('note')})"
+    else:
+        columns = drift.get("drifted_columns") or []
+        names = ", ".join(str(c["column"]) for c in columns[:5]) + (", ..." if len(columns) > 5 else "")
+        text = (
+            f"{'yes' if drift['dataset_drift'] else 'no'}: {len(columns)} of {drift.get('columns_tested')} "
+            f"columns drifted (share {drift.get('drift_share') or 0:.2f}, "
+            f"threshold {drift.get('share_threshold')})"
+            + (f": {names}" if names else "")
+            + f"; reference batches {drift.get('reference_batches')}"
+        )
+    if drift.get("champion_version") is not None:
+        on_batch = drift.get("champion_score_on_batch")
+        at_promotion = drift.get("champion_score_at_promotion")
+        decay = drift.get("decay")
+        text += (
+            f"; champion v{drift['champion_version']} {drift.get('metric')} {_fmt(on_batch)} on this batch "
+            f"vs {_fmt(at_promotion)} when trained: "
+            + ("DECAYED" if decay else "no decay" if decay is False else "decay n/a")
+        )
+    return text
 
 
 def import_plotting() -> None:
@@ -149,6 +196,17 @@ def plot_metric_history(state: PipelineState, metric: str) -> bytes:
                 fontsize=7,
                 color="#555555",
             )
+    on_batch = [(p.batch, p.champion_on_batch) for p in points if p.champion_on_batch is not None]
+    if on_batch:
+        axes.scatter(
+            [b for b, _ in on_batch],
+            [v for _, v in on_batch],
+            s=45,
+            marker="x",
+            color="#8172b3",
+            zorder=4,
+            label=f"champion's {metric} on the new batch",
+        )
     unfinished = [p.batch for p in points if p.status != "completed"]
     for batch in unfinished:
         axes.axvline(batch, color="#c44e52", alpha=0.35, linestyle="--", linewidth=1)

@@ -35,6 +35,40 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+class ColumnDriftRecord(BaseModel):
+    """One drifted feature: the test that flagged it (:mod:`retrain_pipeline.drift`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    column: str
+    method: str  # ks, wasserstein, chi2 or jensenshannon
+    score: float | None  # p-value (ks, chi2) or distance (wasserstein, jensenshannon)
+    threshold: float | None
+
+
+class DriftRecord(BaseModel):
+    """How the batch differs from the data the champion was trained on, and how the champion
+    scores on it. Absent from records written before monitoring existed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset_drift: bool | None  # None: not checked (no champion yet, or too few rows)
+    drift_share: float | None  # drifted columns / tested columns
+    share_threshold: float
+    columns_tested: int = Field(ge=0)
+    drifted_columns: list[ColumnDriftRecord] = Field(default_factory=list)
+    reference_batches: list[int] = Field(default_factory=list)
+    reference_rows: int = Field(default=0, ge=0)
+    current_rows: int = Field(default=0, ge=0)
+    note: str | None = None  # why drift was not checked
+    champion_version: str | None = None
+    metric: str | None = None  # the primary metric
+    champion_score_at_promotion: float | None = None
+    champion_score_on_batch: float | None = None
+    decay_tolerance: float | None = None
+    decay: bool | None = None  # None: no champion, or it cannot score this batch
+
+
 class BatchRecord(BaseModel):
     """What happened to one batch (its latest attempt)."""
 
@@ -60,6 +94,9 @@ class BatchRecord(BaseModel):
     model_md5: str | None = None
     prefect_flow_run_id: str | None = None
     error: str | None = None
+    trained: bool | None = None  # False: accepted without training (monitoring.retrain_policy)
+    skip_reason: str | None = None  # why it was not trained
+    drift: DriftRecord | None = None
 
 
 class Rollback(BaseModel):

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
 BATCH_TAG = "batch_number"
+TRAINED_TAG = "trained"  # "false" on the run of a batch accepted without training
+SKIP_REASON_TAG = "skip_reason"
 PROJECT_TAG = "pipeline_project"  # which project folder logged the run (see Settings.project_id)
 
 
@@ -197,8 +199,10 @@ def log_training_run(
     metrics: Mapping[str, float | None],
     model: Any,
     input_example: pd.DataFrame,
+    documents: Mapping[str, Any] | None = None,
 ) -> LoggedModel:
-    """Log one batch attempt: tags, params, metrics, the model, and register a new version.
+    """Log one batch attempt: tags, params, metrics, JSON ``documents`` (file name -> content),
+    the model, and register a new version.
 
     If anything fails the run is ended with status FAILED (``start_run`` context).
     """
@@ -209,6 +213,8 @@ def log_training_run(
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
             mlflow.log_params(dict(params))
             mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+            for name, document in (documents or {}).items():
+                mlflow.log_dict(document, name)
             signature = mlflow.models.infer_signature(input_example, _labels_like(model, len(input_example)))
             info = mlflow.sklearn.log_model(
                 model,
@@ -225,6 +231,31 @@ def log_training_run(
                 if key in tags:
                     client.set_model_version_tag(config.registered_model_name, version, key, tags[key])
             return LoggedModel(run.info.run_id, version, info.model_uri)
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+
+
+def log_untrained_run(
+    config: MlflowConfig,
+    experiment_id: str,
+    *,
+    run_name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float | None],
+    documents: Mapping[str, Any],
+) -> str:
+    """Log a batch accepted without training (its monitoring figures); returns the run id."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
+            mlflow.log_params(dict(params))
+            mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+            for name, document in documents.items():
+                mlflow.log_dict(document, name)
+            return str(run.info.run_id)
     except MlflowException as exc:
         raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
 
