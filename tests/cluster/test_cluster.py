@@ -246,8 +246,9 @@ def test_kill_9_of_the_worker_holding_a_batch_fails_over(
     """The machine of the worker that runs batch 7 dies (worker and flow run killed with -9):
     the other worker trains batch 7 on a later run."""
     fire_deployment_runs(cluster, [7])
+    # A run holds the lock for about 2 s now: look often, or it is over before it is seen.
     victim = wait_until(
-        lambda: advisory_lock_held(cluster) and flow_run_worker(cluster), 240, "a run of batch 7"
+        lambda: advisory_lock_held(cluster) and flow_run_worker(cluster), 240, "a run of batch 7", 0.05
     )
     assert isinstance(victim, str)
     survivor = "worker-2" if victim == "worker-1" else "worker-1"
