@@ -65,10 +65,16 @@ def test_status_table_shows_batches_champion_and_next(tmp_path: Path) -> None:
         "f1",
         "promoted",
         "version",
+        "drift",
+        "champion",
+        "f1",
+        "on",
+        "batch",
         "finished",
         "at",
     ]
-    assert lines[2].split()[:8] == ["1", "completed", "50", "50", "0.9123", "-", "yes", "1"]
+    # A record from before monitoring: no drift section ("-").
+    assert lines[2].split()[:10] == ["1", "completed", "50", "50", "0.9123", "-", "yes", "1", "-", "-"]
     assert "batch 2 rejected: batch 2 rejected: x.csv: empty" in text
     assert "champion: model version 1" in text
     assert "next batch: 3" in text
