@@ -49,7 +49,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from benchmarks.cold_start import ColdStartError, flow_run_of_batch, own_services, project_env
+from benchmarks.drift_check import drift_checks, measure_drift_check, render_drift_check
 from benchmarks.peak_rss import peak_rss_bytes, proc_status_bytes
+from retrain_pipeline.config import ModelConfig
 from retrain_pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -140,12 +142,15 @@ TASK_STEPS = {
     "tag-and-promote": "MLflow",
     "pause-schedule": "state",
     "publish-reports": "reports",
+    "check-drift": "drift check",
+    "log-untrained-to-mlflow": "MLflow",
 }
 LAST_TASK = "publish-reports"  # the last task of a completed flow run
 ORCHESTRATION = "other (orchestration)"
 UNMAPPED = "unmapped tasks"
 FLOW_STEPS = (
     "validate+merge",
+    "drift check",
     "train",
     "evaluate",
     "save model",
@@ -163,6 +168,7 @@ BASELINE_STEPS = {
     "split": "validate+merge",
     "merge": "validate+merge",
     "write data": "validate+merge",
+    "drift check": "drift check",
     "train": "train",
     "evaluate": "evaluate",
     "save model": "save model",
@@ -340,6 +346,7 @@ class BaselineRun:
     features: list[str] | None = None
     accepted: list[int] = field(default_factory=list)
     champion: Any = None
+    champion_batch: int | None = None
 
     def batch_file(self, batch_number: int) -> Path:
         return self.out / "batches" / f"batch_{batch_number}.parquet"
@@ -397,7 +404,28 @@ def _baseline_data(run: BaselineRun, n: int, timer: StepTimer) -> Any:
         data.require_classes(parts.train_target, cfg.classes, batch_number=n, file=str(path))
     with timer.step("write data"):
         data.write_parquet_atomic(split, run.batch_file(n))
+    with timer.step("drift check"):
+        _baseline_drift_check(run, valid, n)
     return parts
+
+
+def _baseline_drift_check(run: BaselineRun, batch: Any, n: int) -> None:
+    """The flow's monitoring step: the batch against the champion's training data, and the
+    champion's score on the batch."""
+    from retrain_pipeline import data, drift, model, monitoring
+
+    if run.champion is None or run.champion_batch is None or run.features is None:
+        return
+    cfg, config = run.settings.data, run.settings.monitoring
+    earlier = [k for k in run.accepted if k < run.champion_batch]
+    reference = [*data.training_window(earlier, cfg.window_batches), run.champion_batch]
+    seed = run.settings.evaluation.split_seed + n
+    files = [run.batch_file(k) for k in reference]
+    frame, _ = monitoring.read_reference(files, run.features, config.sample_rows, seed)
+    drift.detect_drift(frame, batch, run.features, config.drift_rules(), seed=seed)
+    if len(batch) > config.sample_rows:
+        batch = batch.sample(n=config.sample_rows, random_state=seed)
+    model.evaluate_model(run.champion, batch[run.features], batch[cfg.target_column], cfg.classes[1])
 
 
 def _baseline_model(run: BaselineRun, parts: Any, n: int, timer: StepTimer) -> None:
@@ -427,7 +455,7 @@ def _baseline_model(run: BaselineRun, parts: Any, n: int, timer: StepTimer) -> N
         path.parent.mkdir(parents=True, exist_ok=True)
         joblib.dump(trained, path)
     if decision.promote:
-        run.champion = trained
+        run.champion, run.champion_batch = trained, n
 
 
 def run_baseline(job: Json) -> Json:
@@ -1553,6 +1581,7 @@ def render_report(results: Json) -> str:
         *render_growth(results["sizes"]),
         *where_the_time_goes(results["sizes"]),
         *render_steps(results["sizes"]),
+        *render_drift_check(results["drift_check"]),
         *render_memory(results["memory"]),
     ]
     return "\n".join(lines)
@@ -1577,7 +1606,7 @@ def print_summary(results: Json) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def measure(sizes: Sequence[SizeSpec], cold: ColdStartSpec, work: Path) -> Json:
+def measure(sizes: Sequence[SizeSpec], cold: ColdStartSpec, work: Path, smoke: bool) -> Json:
     """Build the projects, run both workers, the CLI and the cold start; the raw results."""
     env = child_env(work / "prefect-home")
     runs = build_runs(work, sizes)
@@ -1595,6 +1624,9 @@ def measure(sizes: Sequence[SizeSpec], cold: ColdStartSpec, work: Path) -> Json:
         "merged_bytes": merged,
         "cli": cli,
         "cold_start": cold_start,
+        "drift_check": measure_drift_check(
+            work, smoke, ModelConfig(estimator=ESTIMATOR, hyperparameters=HYPERPARAMETERS)
+        ),
     }
 
 
@@ -1614,7 +1646,11 @@ def analyse(sizes: Sequence[SizeSpec], raw: Json) -> Json:
         for name, merged_bytes in raw["merged_bytes"].items()
     }
     cold = summarize_cold_start(raw["cold_start"])
-    checks = target_checks(summaries, memory) + cold_start_checks(raw["cold_start"], cold, memory)
+    checks = (
+        target_checks(summaries, memory)
+        + cold_start_checks(raw["cold_start"], cold, memory)
+        + drift_checks(raw["drift_check"])
+    )
     return {"sizes": summaries, "memory": memory, "cold_start_summary": cold, "checks": checks}
 
 
@@ -1662,7 +1698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     date = datetime.now(UTC).isoformat(timespec="seconds")
     work = Path(tempfile.mkdtemp(prefix="retrain-bench-"))
     try:
-        raw = measure(sizes, cold, work)
+        raw = measure(sizes, cold, work, args.smoke)
     except (BenchmarkError, ColdStartError, PipelineError):  # PipelineError: a service or the deployment
         logger.error("Benchmark failed; the temporary projects are kept in %s", work)
         raise

@@ -7,9 +7,9 @@ in the flow. The statistics are in :mod:`retrain_pipeline.drift`.
 - **Reference**: the accepted batches the current champion was trained on: its own batch
   and the earlier accepted batches of its window (``data.window_batches``), the same rule
   that chose its training data. No champion: nothing to compare with.
-- **Decay**: the champion scores the whole new batch (labels arrive with it) with the
-  primary metric; it has decayed when that score is more than ``decay_tolerance`` below its
-  score on the holdout when it was trained.
+- **Decay**: the champion scores the new batch (labels arrive with it; a sample of
+  ``sample_rows`` rows when it is larger) with the primary metric; it has decayed when that
+  score is more than ``decay_tolerance`` below its score on the holdout when it was trained.
 - **Policy**: ``always`` trains every batch. ``on_change`` trains only when the data drifted
   or the champion decayed, or when either could not be checked (no champion, a champion
   that cannot score the batch, a batch or reference under ``min_rows`` rows); ``--force``
@@ -92,8 +92,13 @@ def champion_score(
     target_column: str,
     positive_label: int | str,
     metric: str,
+    sample_rows: int | None = None,
+    seed: int = 0,
 ) -> ChampionScore:
-    """Score ``champion`` on the whole new batch; its promotion-time score from the state."""
+    """Score ``champion`` on the new batch (a seeded uniform sample of ``sample_rows`` rows
+    when it is larger); its promotion-time score from the state."""
+    if sample_rows is not None and len(batch) > sample_rows:
+        batch = batch.sample(n=sample_rows, random_state=seed)
     batch_number = state.batch_of_version(version)
     record = state.record(batch_number) if batch_number is not None else None
     at_promotion = _finite((record.metrics or {}).get(metric)) if record else None

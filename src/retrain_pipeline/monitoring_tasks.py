@@ -48,6 +48,8 @@ def monitor_batch(
             target_column=settings.data.target_column,
             positive_label=settings.data.classes[1],
             metric=settings.evaluation.primary_metric,
+            sample_rows=cfg.sample_rows,
+            seed=settings.evaluation.split_seed + n,
         )
         if score.problem:
             logger.warning("Champion v%s cannot score batch %d: %s", champion.version, n, score.problem)

@@ -49,7 +49,9 @@ def mlflow_runs(params: Path) -> dict[str, mlflow.entities.Run]:
 
 def drift_artifacts() -> list[str]:
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["drift-report"])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["drift-report"]))
+        )
     return [str(a.data) for a in found]
 
 

@@ -84,7 +84,10 @@ def test_decay_is_a_drop_larger_than_the_tolerance() -> None:
     assert decay(0.90, 0.86) is False
     assert decay(0.90, 0.85) is False  # exactly the tolerance: not larger
     assert decay(0.90, 0.84) is True
-    assert monitoring.drift_record(config, None, [1], monitoring.ChampionScore("1", "f1", 0.9, None)).decay is None
+    assert (
+        monitoring.drift_record(config, None, [1], monitoring.ChampionScore("1", "f1", 0.9, None)).decay
+        is None
+    )
 
 
 def report_for(shift: float) -> drift.DriftReport:
@@ -118,7 +121,9 @@ def test_drift_record_keeps_only_the_drifted_columns_and_the_figures() -> None:
     assert "c0, c1, c2" in drift_summary(record.model_dump(mode="json"))
 
 
-def decision(policy: str, *, shift: float, on_batch: float, force: bool = False) -> monitoring.RetrainDecision:
+def decision(
+    policy: str, *, shift: float, on_batch: float, force: bool = False
+) -> monitoring.RetrainDecision:
     config = MonitoringConfig(retrain_policy=policy)  # type: ignore[arg-type]
     score = monitoring.ChampionScore("1", "f1", 0.9, on_batch)
     record = monitoring.drift_record(config, report_for(shift), [1], score)
