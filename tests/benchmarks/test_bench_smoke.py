@@ -32,6 +32,7 @@ TOP_LEVEL_KEYS = {
     "cli",
     "cold_start",
     "cold_start_summary",
+    "drift_check",
     "sizes",
     "memory",
     "checks",
@@ -39,7 +40,9 @@ TOP_LEVEL_KEYS = {
 }
 SIZES = ("small", "large", "large-window")
 UNWINDOWED = ("small", "large")  # memory and the CLI run are measured for these
-CHECKS = 11  # 7 of the sizes; deployment run, CLI with and without services, idle CLI RSS (no tick)
+# 7 of the sizes; deployment run, CLI with and without services, idle CLI RSS (no tick); the
+# monitoring step at two sizes
+CHECKS = 13
 REPO_SERVICES = REPO_ROOT / ".services"
 
 
@@ -194,6 +197,21 @@ def test_report_has_the_target_table(smoke_results: Smoke) -> None:
     targets = " ".join(check["target"] for check in results["checks"])
     for needle in ("deployment run of a 50-row batch", "CLI one 50-row batch", "peak RSS of a CLI run"):
         assert needle in targets, needle
+
+
+def test_report_times_the_monitoring_step(smoke_results: Smoke) -> None:
+    results, out_dir = smoke_results.results, smoke_results.out_dir
+    report = (out_dir / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert "## The monitoring step (`check-drift`)" in report
+    timings = results["drift_check"]
+    assert [t["case"]["batch_rows"] for t in timings] == [50, 10_000]
+    for timing in timings:
+        assert 0 < timing["read_s"] + timing["detect_s"] + timing["champion_s"] <= timing["total_s"] * 1.01
+        assert timing["case"]["name"] in report
+    assert timings[1]["reference_rows"] == 100_000 and timings[1]["sampled_rows"] == 50_000
+    # The flow's per-step split has the step, and so does the plain baseline.
+    for size in results["sizes"].values():
+        assert "drift check" in size["flow_steps_s"] and "drift check" in size["baseline_steps_s"]
 
 
 def test_report_has_the_cold_start_rows(smoke_results: Smoke) -> None:
