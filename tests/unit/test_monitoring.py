@@ -194,3 +194,18 @@ def test_old_state_records_without_monitoring_still_load() -> None:
     record = BatchRecord.model_validate(old)
     assert record.drift is None and record.trained is None and record.skip_reason is None
     assert drift_cell(None) == "-"
+
+
+def test_metric_history_carries_the_champion_score_on_each_batch() -> None:
+    from retrain_pipeline.reporting import metric_history, plot_metric_history
+
+    config = MonitoringConfig()
+    checked = monitoring.drift_record(
+        config, report_for(0.0), [1], monitoring.ChampionScore("1", "f1", 0.9, 0.8)
+    )
+    untrained = completed(None, None, trained=False).model_copy(update={"drift": checked})
+    state = state_of({1: completed("1"), 2: untrained}, champion="1")
+    points = metric_history(state, "f1")
+    assert [p.champion_on_batch for p in points] == [None, 0.8]
+    assert points[1].as_row("f1")["champion f1 on the new batch"] == 0.8
+    assert plot_metric_history(state, "f1").startswith(b"\x89PNG")
