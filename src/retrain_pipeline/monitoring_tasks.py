@@ -3,6 +3,7 @@ to train it. Thin wrapper: the logic lives in :mod:`retrain_pipeline.monitoring`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -13,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from retrain_pipeline import drift, monitoring
 from retrain_pipeline.config import Settings
 from retrain_pipeline.data_tasks import TrainingData, restore_processed_batches
+from retrain_pipeline.errors import StateError
 from retrain_pipeline.model_tasks import Champion
 from retrain_pipeline.state import DriftRecord, PipelineState
 
@@ -35,7 +37,6 @@ def monitor_batch(
     reference = monitoring.reference_batches(state, settings.data.window_batches)
     report: drift.DriftReport | None = None
     score: monitoring.ChampionScore | None = None
-    rows = 0
     note = None if champion is not None else "no champion yet: nothing to compare with"
     if champion is not None:
         features = [str(c) for c in training.parts.train_features.columns]
@@ -56,18 +57,13 @@ def monitor_batch(
         if not reference:
             note = f"champion v{champion.version} has no recorded training batches"
         else:
-            restore_processed_batches(settings, state, reference)
-            files = [settings.processed_batch_file(k) for k in reference]
-            seed = settings.evaluation.split_seed + n
             try:
-                frame, rows = monitoring.read_reference(files, features, cfg.sample_rows, seed)
-            except (pa.ArrowInvalid, KeyError) as exc:
-                note = f"the champion's data has other columns ({exc})"
-            else:
-                report = drift.detect_drift(
-                    frame, training.batch_frame, features, cfg.drift_rules(), seed=seed
-                )
-    record = monitoring.drift_record(cfg, report, reference, score, note=note, reference_rows=rows)
+                report = _drift_report(settings, state, training, reference, features)
+            except (OSError, StateError, pa.ArrowInvalid, KeyError) as exc:
+                # Monitoring informs; it never blocks the batch (on_change then trains it).
+                note = f"the champion's training data cannot be read: {exc}"
+                logger.warning("Batch %d: drift not checked: %s", n, note)
+    record = monitoring.drift_record(cfg, report, reference, score, note=note)
     decision = monitoring.retrain_decision(cfg.retrain_policy, record, force=force)
     _log_summary(record, decision, n)
     create_markdown_artifact(
@@ -76,6 +72,24 @@ def monitor_batch(
         description=f"Batch {n}: drift against the champion's training data",
     )
     return BatchMonitoring(record, report, decision)
+
+
+def _drift_report(
+    settings: Settings,
+    state: PipelineState,
+    training: TrainingData,
+    reference: list[int],
+    features: list[str],
+) -> drift.DriftReport:
+    """The batch against the reference batches' processed files (fetched from the DVC remote
+    when missing here); ``reference_rows`` counts the reference before sampling."""
+    cfg, n = settings.monitoring, training.batch_number
+    restore_processed_batches(settings, state, reference)
+    files = [settings.processed_batch_file(k) for k in reference]
+    seed = settings.evaluation.split_seed + n
+    frame, rows = monitoring.read_reference(files, features, cfg.sample_rows, seed)
+    report = drift.detect_drift(frame, training.batch_frame, features, cfg.drift_rules(), seed=seed)
+    return dataclasses.replace(report, reference_rows=rows, reference_sampled=rows > len(frame))
 
 
 def _log_summary(record: DriftRecord, decision: monitoring.RetrainDecision, batch_number: int) -> None:

@@ -158,3 +158,28 @@ def test_force_trains_a_batch_the_policy_would_skip(make_project: Callable[..., 
     run(params)
     forced = run(params, batch=2, force=True)
     assert forced["trained"] is True and forced["model_version"] == "2"
+
+
+def test_unreadable_champion_data_is_noted_and_never_blocks_the_batch(
+    make_project: Callable[..., Path],
+) -> None:
+    params = make_project(
+        data={"source": "landing", "window_batches": 1},
+        evaluation={"promotion_tolerance": 1.0},  # every new model is promoted: batch 2's is champion
+        monitoring={"retrain_policy": "on_change"},
+    )
+    for batch, start in ((1, 0), (2, 150), (3, 300)):
+        land(params, batch, rows(start, start + 150))
+    settings = load_settings(params)
+    run(params)
+    run(params)
+    # Batch 2's processed file (the champion's only training batch with a window of 1) is gone.
+    settings.processed_batch_file(2).unlink()
+
+    outcome = run(params)
+
+    assert outcome["status"] == "completed" and outcome["trained"] is True, outcome
+    drift = load_state(settings.paths.state_file).batches["3"].drift
+    assert drift is not None and drift.dataset_drift is None
+    assert drift.note and "cannot be read" in drift.note and "batch_2.parquet" in drift.note
+    assert drift.champion_score_on_batch is not None  # the champion still scored the batch
