@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import re
 import subprocess
@@ -40,6 +41,44 @@ def _quiet(level: int = logging.WARNING) -> Iterator[None]:
         dvc_logger.setLevel(previous)
     if buffer.getvalue().strip():
         logger.debug("dvc: %s", buffer.getvalue().strip())
+
+
+@contextlib.contextmanager
+def _open(root: Path, level: int = logging.WARNING) -> Iterator[Any]:
+    """DVC's ``Repo`` at ``root``, quiet (:func:`_quiet`), after :func:`repair_rwlock`."""
+    from dvc.repo import Repo
+
+    repair_rwlock(root)
+    with _quiet(level), Repo(str(root)) as repo:
+        yield repo
+
+
+def repair_rwlock(root: Path) -> bool:
+    """Remove DVC's lock table ``.dvc/tmp/rwlock`` when it is not valid JSON; True if removed.
+
+    DVC rewrites that file in place (truncate, then write), so a run killed at that moment
+    leaves it empty or cut short, and every later DVC command fails with "Unable to read
+    RWLock-file ... JSON structure is corrupted". A corrupt table holds no lock anyone can use
+    (DVC itself drops the entries of dead processes), so it goes, under DVC's own guard
+    ``rwlock.lock``; when another DVC process holds the guard the file is left to it.
+    """
+    from dvc.lock import LockError, make_lock
+
+    folder = root / ".dvc" / "tmp"
+    path = folder / "rwlock"
+    if not path.is_file():
+        return False
+    try:
+        with make_lock(str(folder / "rwlock.lock"), tmp_dir=str(folder), hardlink_lock=False):
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+                return False
+            except (ValueError, UnicodeDecodeError):
+                path.unlink(missing_ok=True)
+    except LockError:
+        return False
+    logger.warning("Removed DVC's lock table %s: a killed run had left it half-written", path)
+    return True
 
 
 def _git_toplevel(folder: Path) -> Path | None:
@@ -111,11 +150,10 @@ def ensure_repo(root: Path) -> bool:
 def track(root: Path, paths: Sequence[Path]) -> dict[Path, str]:
     """``dvc add`` the files and return each file's md5 as recorded in its ``.dvc`` file."""
     from dvc.exceptions import DvcException
-    from dvc.repo import Repo
 
     targets = [str(path) for path in paths]
     try:
-        with _quiet(), Repo(str(root)) as repo:
+        with _open(root) as repo:
             stages = repo.add(targets)
     except DvcException as exc:
         raise VersioningError(f"dvc add {' '.join(targets)} failed in {root}: {exc}") from exc
@@ -172,10 +210,9 @@ def use_remote(root: Path, url: str) -> bool:
     ``dvc remote modify --local shared ...``) are kept. True when the config changed.
     """
     from dvc.exceptions import DvcException
-    from dvc.repo import Repo
 
     try:
-        with _quiet(), Repo(str(root)) as repo:
+        with _open(root) as repo:
             local = repo.config.read("local")
             section = local.get("remote", {}).get(SHARED_REMOTE, {})
             if str(section.get("url", "")) == url and local.get("core", {}).get("remote") == SHARED_REMOTE:
@@ -212,12 +249,11 @@ def push(root: Path, paths: Sequence[Path]) -> int:
     if not paths:
         return 0
     from dvc.exceptions import DvcException
-    from dvc.repo import Repo
 
     started = time.perf_counter()
     remote = "the default DVC remote"
     try:
-        with _quiet(), Repo(str(root)) as repo:
+        with _open(root) as repo:
             remote = _default_remote(repo, root)
             pushed = int(repo.push(targets=[str(path) for path in paths]))
     except (DvcException, *_REMOTE_ERRORS) as exc:
@@ -250,7 +286,6 @@ def fetch(root: Path, remote: str, md5s: Iterable[str]) -> set[str]:
     if not wanted:
         return set()
     from dvc.exceptions import DvcException
-    from dvc.repo import Repo
     from dvc_data.hashfile.hash_info import HashInfo
 
     ensure_repo(root)
@@ -259,7 +294,7 @@ def fetch(root: Path, remote: str, md5s: Iterable[str]) -> set[str]:
     started = time.perf_counter()
     try:
         # ERROR: DVC warns about every object the remote lacks; the caller's error names them.
-        with _quiet(logging.ERROR), Repo(str(root)) as repo:
+        with _open(root, logging.ERROR) as repo:
             result = repo.cloud.pull([HashInfo("md5", md5) for md5 in wanted], remote=SHARED_REMOTE)
     except (DvcException, *_REMOTE_ERRORS) as exc:
         raise VersioningError(f"cannot fetch {len(wanted)} object(s) from {label}: {exc}") from exc
@@ -287,10 +322,9 @@ def remote_has(root: Path, remote: str, md5: str) -> bool | None:
     if not _MD5.fullmatch(md5) or not (root / ".dvc").is_dir():
         return None
     from dvc.exceptions import DvcException
-    from dvc.repo import Repo
 
     try:
-        with _quiet(logging.ERROR), Repo(str(root)) as repo:
+        with _open(root, logging.ERROR) as repo:
             if str(repo.config["remote"].get(SHARED_REMOTE, {}).get("url", "")) != remote:
                 return None
             odb = repo.cloud.get_remote_odb(SHARED_REMOTE, "status")

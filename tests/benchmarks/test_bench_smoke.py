@@ -206,7 +206,8 @@ def test_report_times_the_monitoring_step(smoke_results: Smoke) -> None:
     timings = results["drift_check"]
     assert [t["case"]["batch_rows"] for t in timings] == [50, 10_000]
     for timing in timings:
-        assert 0 < timing["read_s"] + timing["detect_s"] + timing["champion_s"] <= timing["total_s"] * 1.01
+        parts = (timing["read_s"], timing["detect_s"], timing["champion_s"])
+        assert min(parts) > 0 and max(parts) < timing["total_s"]  # medians of each part and of the total
         assert timing["case"]["name"] in report
     assert timings[1]["reference_rows"] == 100_000 and timings[1]["sampled_rows"] == 50_000
     # The flow's per-step split has the step, and so does the plain baseline.
