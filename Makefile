@@ -176,7 +176,9 @@ bench: install ## Benchmark the flow against a plain script (writes BENCHMARKS.m
 bench-smoke: install ## The benchmark on tiny sizes (about 3 minutes: service start-ups dominate)
 	$(PY) -m benchmarks.run_benchmark --smoke --out-dir "$$(mktemp -d)"
 
-lint: install ## ruff (lint + format check) and mypy
+lint: install ## ruff (lint + format check), mypy, and no file over 500 KB in git (data belongs to DVC)
 	$(VENV)/bin/ruff check src flows deployments tests benchmarks
 	$(VENV)/bin/ruff format --check src flows deployments tests benchmarks
 	$(VENV)/bin/mypy
+	@git ls-files -z 2>/dev/null | xargs -0 -r stat -c '%s %n' 2>/dev/null \
+	  | awk '$$2 != "poetry.lock" && $$1 > 512000 { print "too large for git (version it with DVC): " $$2 " (" $$1 " bytes)"; bad = 1 } END { exit bad }'
