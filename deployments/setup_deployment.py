@@ -44,7 +44,7 @@ from prefect.schedules import Cron
 from pydantic import ValidationError
 
 from retrain_pipeline.config import AutomationConfig, Settings, load_settings
-from retrain_pipeline.errors import ConfigError, PipelineError
+from retrain_pipeline.errors import ConfigError, DeploymentError, PipelineError
 from retrain_pipeline.logs import HEARTBEAT_ENV
 
 logger = logging.getLogger(__name__)
@@ -61,10 +61,6 @@ MIN_HEARTBEAT_S = 30  # Prefect refuses lower values (its setting has ge=30)
 # 30 s heartbeats, a 90 s window). One missed heartbeat alone can be a slow network or API.
 MISSED_HEARTBEATS = 3
 TERMINAL_EVENTS = ("Completed", "Failed", "Cancelled", "Crashed")
-
-
-class DeploymentError(PipelineError):
-    """The Prefect API refused or cannot be reached."""
 
 
 def ensure_process_pool(name: str) -> bool:

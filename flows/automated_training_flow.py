@@ -27,7 +27,6 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
-from retrain_pipeline.api_server import TemporaryApiTimeoutError
 from retrain_pipeline.api_server import started as started_api_server
 from retrain_pipeline.batch_manager import choose_batch, pause_schedule, record_batch
 from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings, resolve_params_file
@@ -40,7 +39,13 @@ from retrain_pipeline.data_tasks import (
     save_and_version,
     validate_and_merge,
 )
-from retrain_pipeline.errors import ConfigError, DataValidationError, PipelineError
+from retrain_pipeline.errors import (
+    ConfigError,
+    DataValidationError,
+    PipelineBusyError,
+    PipelineError,
+    TemporaryApiTimeoutError,
+)
 from retrain_pipeline.logs import (
     DEBUG_ENV,
     exit_without_teardown,
@@ -67,7 +72,7 @@ from retrain_pipeline.monitoring import DRIFT_REPORT_FILE, mlflow_metrics, repor
 from retrain_pipeline.monitoring_tasks import BatchMonitoring, monitor_batch
 from retrain_pipeline.reporting import import_plotting, training_report
 from retrain_pipeline.services import prefect_home, running_urls
-from retrain_pipeline.state import BatchRecord, PipelineBusyError, PipelineState, utc_now
+from retrain_pipeline.state import BatchRecord, PipelineState, utc_now
 from retrain_pipeline.state_stores import LockHandle, StateStore, state_store
 from retrain_pipeline.tracking import import_mlflow
 from retrain_pipeline.versioning import import_dvc

@@ -28,21 +28,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from retrain_pipeline.errors import TemporaryApiTimeoutError
 from retrain_pipeline.logs import EPHEMERAL_STARTUP_TIMEOUT_S, STARTUP_TIMEOUT_ENV
 
 #: Exit code of uvicorn when its port is taken (Prefect retries on another port then too).
 _PORT_IN_USE = 3
 _server: TemporaryApiServer | None = None
-
-
-class TemporaryApiTimeoutError(RuntimeError):
-    """The temporary API server did not answer within ``waited_s`` seconds, or ``exit_code``
-    says that its process ended first."""
-
-    def __init__(self, waited_s: float, detail: str, exit_code: int | None = None) -> None:
-        super().__init__(f"Prefect's temporary API server did not answer within {waited_s:g} s: {detail}")
-        self.waited_s = waited_s
-        self.exit_code = exit_code
 
 
 class TemporaryApiServer:

@@ -43,7 +43,7 @@ import yaml
 from retrain_pipeline import services
 from retrain_pipeline.arguments import host_argument, port_argument
 from retrain_pipeline.config import Settings, load_settings, redact_url
-from retrain_pipeline.errors import PipelineError
+from retrain_pipeline.errors import ClusterError, PipelineError
 from retrain_pipeline.fileio import write_text_atomic
 from retrain_pipeline.postgres import LocalPostgres
 
@@ -52,10 +52,6 @@ logger = logging.getLogger(__name__)
 CLUSTER_DIR = ".cluster"
 CLUSTER_ENV = "RETRAIN_CLUSTER"  # set on every process the cluster starts (and their flow runs)
 DATABASES = ("prefect", "mlflow", "retrain")
-
-
-class ClusterError(PipelineError):
-    """The local cluster could not be started or stopped."""
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ from retrain_pipeline.errors import ConfigError
 if TYPE_CHECKING:
     from retrain_pipeline.drift import DriftRules
 
-PARAMS_FILE_NAME = "params.yaml"
 MAX_BATCH_NUMBER = 1_000_000
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc")
 Metric = Literal["accuracy", "precision", "recall", "f1", "roc_auc"]

@@ -29,3 +29,33 @@ class TrackingError(PipelineError):
 
 class VersioningError(PipelineError):
     """DVC could not initialise the repository or track a file."""
+
+
+class PostgresError(PipelineError):
+    """The local PostgreSQL server could not be set up, started or stopped."""
+
+
+class ClusterError(PipelineError):
+    """The local cluster could not be started or stopped."""
+
+
+class TemporaryApiTimeoutError(RuntimeError):
+    """The temporary API server did not answer within ``waited_s`` seconds, or ``exit_code``
+    says that its process ended first."""
+
+    def __init__(self, waited_s: float, detail: str, exit_code: int | None = None) -> None:
+        super().__init__(f"Prefect's temporary API server did not answer within {waited_s:g} s: {detail}")
+        self.waited_s = waited_s
+        self.exit_code = exit_code
+
+
+class ServiceError(PipelineError):
+    """A service did not start or stop."""
+
+
+class PipelineBusyError(StateError):
+    """Another run holds the pipeline lock."""
+
+
+class DeploymentError(PipelineError):
+    """The Prefect API refused or cannot be reached."""

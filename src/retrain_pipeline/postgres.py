@@ -25,7 +25,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrain_pipeline.errors import PipelineError
+from retrain_pipeline.errors import PostgresError
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +36,6 @@ INSTALL_HINT = (
     "postgresql-server`; macOS: `brew install postgresql@15`) or set PG_BIN to the folder "
     "that holds pg_ctl and initdb"
 )
-
-
-class PostgresError(PipelineError):
-    """The local PostgreSQL server could not be set up, started or stopped."""
 
 
 def find_bin_dir() -> Path:

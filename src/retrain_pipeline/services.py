@@ -31,16 +31,12 @@ from pathlib import Path
 from retrain_pipeline import tracking
 from retrain_pipeline.arguments import host_argument, port_argument
 from retrain_pipeline.config import AutomationConfig, Settings, load_settings
-from retrain_pipeline.errors import PipelineError
+from retrain_pipeline.errors import PipelineError, ServiceError
 from retrain_pipeline.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAMES = ("prefect", "mlflow", "worker")
-
-
-class ServiceError(PipelineError):
-    """A service did not start or stop."""
 
 
 @dataclass(frozen=True)

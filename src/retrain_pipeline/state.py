@@ -21,7 +21,7 @@ from typing import Literal
 import filelock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from retrain_pipeline.errors import StateError
+from retrain_pipeline.errors import PipelineBusyError, StateError
 from retrain_pipeline.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -271,10 +271,6 @@ def check_may_run(state: PipelineState, batch_number: int, *, force: bool) -> No
 
 
 # --------------------------------------------------------------------------- run lock
-
-
-class PipelineBusyError(StateError):
-    """Another run holds the pipeline lock."""
 
 
 @contextmanager

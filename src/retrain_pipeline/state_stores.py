@@ -46,9 +46,8 @@ import psycopg2
 import psycopg2.errors
 
 from retrain_pipeline.config import Settings, redact_url
-from retrain_pipeline.errors import StateError
+from retrain_pipeline.errors import PipelineBusyError, StateError
 from retrain_pipeline.state import (
-    PipelineBusyError,
     PipelineState,
     load_state,
     parse_state,

@@ -34,7 +34,6 @@ PROJECT_TAG = "pipeline_project"  # which project folder logged the run (see Set
 class LoggedModel:
     run_id: str
     model_version: str
-    model_uri: str
 
 
 def import_mlflow(tracking_uri: str | None) -> None:
@@ -230,7 +229,7 @@ def log_training_run(
             for key in (BATCH_TAG, "data_md5", "model_md5"):
                 if key in tags:
                     client.set_model_version_tag(config.registered_model_name, version, key, tags[key])
-            return LoggedModel(run.info.run_id, version, info.model_uri)
+            return LoggedModel(run.info.run_id, version)
     except MlflowException as exc:
         raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
 

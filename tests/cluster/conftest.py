@@ -21,7 +21,8 @@ import yaml
 from cluster_support import ClusterProject
 
 from journeys.journeys_support import REPO, copy_project, journey_env
-from retrain_pipeline.postgres import LocalPostgres, PostgresError
+from retrain_pipeline.errors import PostgresError
+from retrain_pipeline.postgres import LocalPostgres
 
 CLUSTER_PARAMS = {
     "model": {"hyperparameters": {"n_estimators": 25, "max_depth": 4, "n_jobs": 1}},

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from retrain_pipeline import api_server
-from retrain_pipeline.api_server import TemporaryApiServer, TemporaryApiTimeoutError, start_for_command_line
+from retrain_pipeline.api_server import TemporaryApiServer, start_for_command_line
+from retrain_pipeline.errors import TemporaryApiTimeoutError
 from retrain_pipeline.logs import STARTUP_TIMEOUT_ENV
 
 ParamsWriter = Callable[..., Path]

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from retrain_pipeline.errors import StateError
+from retrain_pipeline.errors import PipelineBusyError, StateError
 from retrain_pipeline.state import (
     BatchRecord,
-    PipelineBusyError,
     PipelineState,
     check_may_run,
     describe_holder,
@@ -292,7 +291,8 @@ print("released", flush=True)
 TRY_SCRIPT = """
 import sys
 from pathlib import Path
-from retrain_pipeline.state import PipelineBusyError, pipeline_lock
+from retrain_pipeline.errors import PipelineBusyError
+from retrain_pipeline.state import pipeline_lock
 try:
     with pipeline_lock(Path(sys.argv[1]), {}):
         pass

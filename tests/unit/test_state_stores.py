@@ -25,9 +25,9 @@ import psycopg2
 import pytest
 
 from retrain_pipeline.config import Settings, redact_url
-from retrain_pipeline.errors import StateError
+from retrain_pipeline.errors import PipelineBusyError, StateError
 from retrain_pipeline.postgres import LocalPostgres
-from retrain_pipeline.state import BatchRecord, PipelineBusyError, PipelineState, Rollback, load_state
+from retrain_pipeline.state import BatchRecord, PipelineState, Rollback, load_state
 from retrain_pipeline.state_stores import (
     TABLE,
     FileStateStore,
