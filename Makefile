@@ -86,8 +86,7 @@ run-all: install ## Process every pending batch now, one flow run each, without 
 start-services: setup ## Start Prefect (PREFECT_HOST:PREFECT_PORT) and MLflow (MLFLOW_HOST:MLFLOW_PORT) servers
 	$(SERVICES) start prefect mlflow --params "$$PARAMS" $(ENDPOINTS)
 
-stop-services: install ## Stop the worker and the servers that start-services started
-	$(SERVICES) stop worker mlflow prefect --params "$$PARAMS"
+stop-services: stop ## Alias of make stop (the worker and both servers)
 
 services-status: install ## Which of prefect, mlflow, worker are running
 	@$(SERVICES) status --params "$$PARAMS"

@@ -13,7 +13,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from retrain_pipeline.config import METRIC_NAMES
+from retrain_pipeline.config import METRIC_NAMES, Settings
 from retrain_pipeline.state import BatchRecord, PipelineState
 from retrain_pipeline.tracking import SKIP_REASON_TAG, TRAINED_TAG, BatchRun
 
@@ -107,3 +107,25 @@ def rebuild_state(
         if number not in per_batch:
             state = state.with_batch(number, record, champion_version)
     return state.model_copy(update={"champion_version": champion_version})
+
+
+def rebuild_state_store(settings: Settings) -> str:
+    """Rebuild the state in its store under the store's lock (the old state is kept as a
+    backup); returns a one-line summary."""
+    from retrain_pipeline import tracking
+    from retrain_pipeline.state_stores import state_store
+
+    store = state_store(settings)
+    with store.lock({"flow_run_id": "rebuild-state"}):
+        tracking.connect(settings.mlflow)
+        runs = tracking.committed_runs(settings.mlflow, settings.project_id)
+        rejected = rejected_from_quarantine(settings.data.quarantine_dir)
+        state = rebuild_state(runs, rejected, tracking.champion_version(settings.mlflow))
+        backup = store.backup()
+        store.save(state, what="the rebuilt state")
+    rejected_numbers = [int(k) for k, r in state.batches.items() if r.status == "rejected"]
+    return (
+        f"Rebuilt {store.description} from {len(runs)} committed MLflow run(s): "
+        f"completed {state.processed_batches}, rejected {rejected_numbers}, champion {state.champion_version}"
+        + (f"; the previous state is kept as {backup}" if backup else "")
+    )

@@ -97,6 +97,78 @@ def metric_history(state: PipelineState, metric: str) -> list[MetricPoint]:
     ]
 
 
+def render_status(payload: dict[str, Any]) -> str:
+    """The status payload as a fixed-width table."""
+    metric = payload["primary_metric"]
+    headers = [
+        "batch",
+        "status",
+        "rows",
+        "train+holdout",
+        metric,
+        f"champion {metric}",
+        "promoted",
+        "version",
+        "drift",
+        f"champion {metric} on batch",
+        "finished at",
+    ]
+    rows = [
+        [
+            key,
+            b["status"],
+            _cell(b["rows"]),
+            _cell(b["training_rows_total"]),
+            _cell((b["metrics"] or {}).get(metric)),
+            _cell((b["champion_metrics"] or {}).get(metric)),
+            _cell(b["promoted"]),
+            "not trained" if b.get("trained") is False else _cell(b["model_version"]),
+            drift_cell(b.get("drift")),
+            _cell((b.get("drift") or {}).get("champion_score_on_batch")),
+            _cell(b["finished_at"]),
+        ]
+        for key, b in payload["batches"].items()
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    if not rows:
+        lines.append("(no batches processed yet)")
+    for key, b in payload["batches"].items():
+        if b["error"]:
+            lines.append(f"batch {key} {b['status']}: {b['error']}")
+        elif b.get("trained") is False:
+            lines.append(f"batch {key} not trained: {b.get('skip_reason')}")
+    champion = payload["champion_version"]
+    lines.append("")
+    for rollback in payload["rollbacks"][-3:]:
+        lines.append(
+            f"rollback: v{rollback['from_version']} -> v{rollback['to_version']} by {rollback['by']} "
+            f"at {rollback['at']}: {rollback['reason']}"
+        )
+    if payload.get("state_file") is None and payload.get("state_store"):
+        lines.append(f"state: {payload['state_store']}")
+    lines.append(f"champion: {'model version ' + champion if champion else 'none yet'}")
+    nxt = payload["next_batch"]
+    lines.append(
+        f"next batch: {nxt}"
+        if nxt is not None
+        else f"next batch: none (all {payload['max_batches']} batches done)"
+    )
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
 def drift_cell(drift: Mapping[str, Any] | None) -> str:
     """The status table's drift column from a record's ``drift`` section (JSON form):
     ``yes 0.60`` / ``no 0.10`` (dataset drift, drifted share), ``n/a`` when not checked,
