@@ -25,7 +25,7 @@ def main() -> None:
     out, script = Path(sys.argv[1]), sys.argv[2]
     sys.argv = sys.argv[2:]
     # At exit, not after run_path: the flow's command line ends with os._exit after running
-    # the atexit handlers (logs.exit_without_teardown); registered first, this one runs last.
+    # the atexit handlers (prefect_runtime.exit_without_teardown); registered first, this one runs last.
     atexit.register(lambda: out.write_text(f"{peak_rss_bytes()}\n", encoding="utf-8"))
     runpy.run_path(script, run_name="__main__")
 

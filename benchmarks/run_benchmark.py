@@ -591,7 +591,7 @@ def flow_worker(job: Json) -> Json:
     """
     started = time.perf_counter()
     from flows.automated_training_flow import automated_training_flow
-    from retrain_pipeline.logs import one_off_run_settings
+    from retrain_pipeline.prefect_runtime import one_off_run_settings
 
     imported = time.perf_counter()
     with one_off_run_settings():

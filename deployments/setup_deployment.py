@@ -45,7 +45,7 @@ from pydantic import ValidationError
 
 from retrain_pipeline.config import AutomationConfig, Settings, load_settings
 from retrain_pipeline.errors import ConfigError, DeploymentError, PipelineError
-from retrain_pipeline.logs import HEARTBEAT_ENV
+from retrain_pipeline.prefect_runtime import HEARTBEAT_ENV
 
 logger = logging.getLogger(__name__)
 

@@ -46,18 +46,6 @@ from retrain_pipeline.errors import (
     PipelineError,
     TemporaryApiTimeoutError,
 )
-from retrain_pipeline.logs import (
-    DEBUG_ENV,
-    exit_without_teardown,
-    one_off_run_settings,
-    pipeline_error_behind,
-    prefect_api_failure,
-    prefect_api_unreachable,
-    quiet_pipeline_tracebacks,
-    quiet_temporary_server_notices,
-    send_pending_prefect_records,
-    temporary_api_unreachable,
-)
 from retrain_pipeline.model_tasks import (
     Champion,
     evaluate,
@@ -70,6 +58,18 @@ from retrain_pipeline.model_tasks import (
 )
 from retrain_pipeline.monitoring import DRIFT_REPORT_FILE, mlflow_metrics, report_document
 from retrain_pipeline.monitoring_tasks import BatchMonitoring, monitor_batch
+from retrain_pipeline.prefect_runtime import (
+    DEBUG_ENV,
+    exit_without_teardown,
+    one_off_run_settings,
+    pipeline_error_behind,
+    prefect_api_failure,
+    prefect_api_unreachable,
+    quiet_pipeline_tracebacks,
+    quiet_temporary_server_notices,
+    send_pending_prefect_records,
+    temporary_api_unreachable,
+)
 from retrain_pipeline.reporting import import_plotting, training_report
 from retrain_pipeline.services import prefect_home, running_urls
 from retrain_pipeline.state import BatchRecord, PipelineState, utc_now

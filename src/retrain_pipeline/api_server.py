@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 
 from retrain_pipeline.errors import TemporaryApiTimeoutError
-from retrain_pipeline.logs import EPHEMERAL_STARTUP_TIMEOUT_S, STARTUP_TIMEOUT_ENV
+from retrain_pipeline.prefect_runtime import EPHEMERAL_STARTUP_TIMEOUT_S, STARTUP_TIMEOUT_ENV
 
 #: Exit code of uvicorn when its port is taken (Prefect retries on another port then too).
 _PORT_IN_USE = 3

@@ -22,7 +22,7 @@ import pytest
 from retrain_pipeline import api_server
 from retrain_pipeline.api_server import TemporaryApiServer, start_for_command_line
 from retrain_pipeline.errors import TemporaryApiTimeoutError
-from retrain_pipeline.logs import STARTUP_TIMEOUT_ENV
+from retrain_pipeline.prefect_runtime import STARTUP_TIMEOUT_ENV
 
 ParamsWriter = Callable[..., Path]
 

@@ -1,4 +1,4 @@
-"""logs.exit_without_teardown: a real process exits with the code, after what a normal exit does."""
+"""prefect_runtime.exit_without_teardown: a process exits with the code, after what a normal exit does."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 SCRIPT = """
 import atexit, sys, threading, time
 from pathlib import Path
-from retrain_pipeline.logs import exit_without_teardown
+from retrain_pipeline.prefect_runtime import exit_without_teardown
 
 folder = Path(sys.argv[1])
 

@@ -1,4 +1,4 @@
-"""Prefect run-time helpers in retrain_pipeline.logs."""
+"""Prefect run-time helpers in retrain_pipeline.prefect_runtime."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from prefect.settings import get_current_settings
 
 from retrain_pipeline.errors import DataValidationError
-from retrain_pipeline.logs import (
+from retrain_pipeline.prefect_runtime import (
     EPHEMERAL_STARTUP_TIMEOUT_S,
     HEARTBEAT_ENV,
     STARTUP_TIMEOUT_ENV,
@@ -85,7 +85,7 @@ def test_the_pipeline_error_behind_a_prefect_api_failure_is_found() -> None:
     from prefect.exceptions import PrefectHTTPStatusError
 
     from retrain_pipeline.errors import StateError
-    from retrain_pipeline.logs import pipeline_error_behind, prefect_api_failure
+    from retrain_pipeline.prefect_runtime import pipeline_error_behind, prefect_api_failure
 
     request = httpx.Request("POST", "http://127.0.0.1:4300/api/flow_runs/x/set_state")
     response = httpx.Response(500, request=request)
