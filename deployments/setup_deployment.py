@@ -17,10 +17,11 @@ pipeline lock (a ``flock``) was already freed by the kernel when the run's proce
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import math
 import os
 import sys
-import time
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -38,7 +39,8 @@ from prefect.client.schemas.objects import (
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import FlowRunWaitTimeout, ObjectNotFound
+from prefect.flow_runs import wait_for_flow_run
 from prefect.runner.storage import GitRepository
 from prefect.schedules import Cron
 from pydantic import ValidationError
@@ -236,19 +238,16 @@ def run_now(deployment_id: UUID) -> FlowRun:
 
 
 def wait_for(flow_run_id: UUID, timeout: float) -> FlowRun:
-    """Poll the flow run until it reaches a final state (or the timeout)."""
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
+    """Prefect's own wait (it follows the run's events) until a final state, or DeploymentError
+    after ``timeout`` seconds naming the state the run is still in."""
+    try:
+        return asyncio.run(wait_for_flow_run(flow_run_id, timeout=math.ceil(timeout)))
+    except FlowRunWaitTimeout as exc:
+        with get_client(sync_client=True) as client:
             flow_run = client.read_flow_run(flow_run_id)
-            if flow_run.state is not None and flow_run.state.is_final():
-                return flow_run
-            if time.monotonic() > deadline:
-                state = flow_run.state_name
-                raise DeploymentError(
-                    f"flow run {flow_run.name} ({flow_run_id}) still {state} after {timeout:.0f} s"
-                )
-            time.sleep(2)
+        raise DeploymentError(
+            f"flow run {flow_run.name} ({flow_run_id}) still {flow_run.state_name} after {timeout:.0f} s"
+        ) from exc
 
 
 def main(argv: list[str] | None = None) -> int:

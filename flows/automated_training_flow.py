@@ -59,7 +59,6 @@ from retrain_pipeline.model_tasks import (
 from retrain_pipeline.monitoring import DRIFT_REPORT_FILE, mlflow_metrics, report_document
 from retrain_pipeline.monitoring_tasks import BatchMonitoring, monitor_batch
 from retrain_pipeline.prefect_runtime import (
-    DEBUG_ENV,
     exit_without_teardown,
     one_off_run_settings,
     pipeline_error_behind,
@@ -115,10 +114,16 @@ def resolve_params(params_path: str | None) -> Path | None:
 
 @flow(name="automated-training")
 def automated_training_flow(
-    batch_number: int | None = None, params_path: str | None = None, force: bool = False
+    batch_number: int | None = None,
+    params_path: str | None = None,
+    force: bool = False,
+    debug: bool = False,
 ) -> Outcome:
-    """Take the next (or the given) batch through validation, training, gating and versioning."""
-    if os.environ.get(DEBUG_ENV) != "1":
+    """Take the next (or the given) batch through validation, training, gating and versioning.
+
+    ``debug``: log the tracebacks of pipeline errors too (by default their one-line message).
+    """
+    if not debug:
         quiet_pipeline_tracebacks()
     logger = get_run_logger()
     settings = load_settings(resolve_params(params_path), default_root=PROJECT_ROOT)
@@ -362,8 +367,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    if args.debug:
-        os.environ[DEBUG_ENV] = "1"
     quiet_temporary_server_notices()
     params = str(Path(args.params).expanduser().resolve()) if args.params else None
     try:
@@ -396,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             try:
                 outcome = automated_training_flow(
-                    batch_number=args.batch, params_path=params, force=args.force
+                    batch_number=args.batch, params_path=params, force=args.force, debug=args.debug
                 )
             except PipelineError as exc:
                 send_pending_prefect_records()

@@ -38,7 +38,8 @@ def _cache_state(settings: Settings, md5: str | None) -> str:
     if not md5:
         return "-"
     path = versioning.cached_file(settings.root, md5)
-    local = f"{path.relative_to(settings.root)} ({'present' if path.is_file() else 'missing'})"
+    shown = path.relative_to(settings.root) if path.is_relative_to(settings.root) else path  # cache.dir
+    local = f"{shown} ({'present' if path.is_file() else 'missing'})"
     remote = settings.stores.dvc_remote
     if remote is None:
         return local

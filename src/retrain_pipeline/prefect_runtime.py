@@ -14,7 +14,6 @@ from typing import Any, NoReturn
 
 from retrain_pipeline.errors import PipelineError
 
-DEBUG_ENV = "RETRAIN_DEBUG"
 _ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "prefect.engine")
 
 

@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ from retrain_pipeline.errors import TrackingError
 
 if TYPE_CHECKING:
     import pandas as pd
+    from mlflow import MlflowClient
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,25 @@ PROJECT_TAG = "pipeline_project"  # which project folder logged the run (see Set
 class LoggedModel:
     run_id: str
     model_version: str
+
+
+def client(config: MlflowConfig) -> MlflowClient:
+    """An MLflow client bound to the configured store and registry (never to whatever
+    process-wide URI was set last)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri)
+
+
+@contextlib.contextmanager
+def mlflow_errors(config: MlflowConfig, doing: str = "") -> Iterator[None]:
+    """Turn MLflow's exceptions into :class:`TrackingError` naming the store (and what failed)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        raise TrackingError(f"MLflow at {config.tracking_uri}: {doing}{exc.message}") from exc
 
 
 def import_mlflow(tracking_uri: str | None) -> None:
@@ -57,7 +77,6 @@ def connect(config: MlflowConfig) -> str:
     (:func:`repair_proxied_artifact_uris`).
     """
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     create_sqlite_store(config)
     repair_proxied_artifact_uris(config)
@@ -73,14 +92,12 @@ def connect(config: MlflowConfig) -> str:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = previous
-    try:
+    with mlflow_errors(config):
         experiment = mlflow.get_experiment_by_name(config.experiment_name)
         if experiment is not None:
             return str(experiment.experiment_id)
         location = None if config.is_remote else config.artifact_location.as_uri()
         return str(mlflow.create_experiment(config.experiment_name, artifact_location=location))
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
 
 
 # --------------------------------------------------------------------------- one artifact scheme
@@ -206,32 +223,31 @@ def log_training_run(
     If anything fails the run is ended with status FAILED (``start_run`` context).
     """
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    try:
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
-            mlflow.log_params(dict(params))
-            mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
-            for name, document in (documents or {}).items():
-                mlflow.log_dict(document, name)
-            signature = mlflow.models.infer_signature(input_example, _labels_like(model, len(input_example)))
-            info = mlflow.sklearn.log_model(
-                model,
-                name="model",
-                signature=signature,
-                input_example=input_example,
-                registered_model_name=config.registered_model_name,
-                pip_requirements=_pip_requirements(),
-                skops_trusted_types=_own_types(model),
-            )
-            version = str(info.registered_model_version)
-            client = mlflow.MlflowClient()
-            for key in (BATCH_TAG, "data_md5", "model_md5"):
-                if key in tags:
-                    client.set_model_version_tag(config.registered_model_name, version, key, tags[key])
-            return LoggedModel(run.info.run_id, version)
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+    with (
+        mlflow_errors(config),
+        mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run,
+    ):
+        mlflow.log_params(dict(params))
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+        for name, document in (documents or {}).items():
+            mlflow.log_dict(document, name)
+        signature = mlflow.models.infer_signature(input_example, _labels_like(model, len(input_example)))
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=input_example,
+            registered_model_name=config.registered_model_name,
+            pip_requirements=_pip_requirements(),
+            skops_trusted_types=_own_types(model),
+        )
+        version = str(info.registered_model_version)
+        registry = client(config)
+        for key in (BATCH_TAG, "data_md5", "model_md5"):
+            if key in tags:
+                registry.set_model_version_tag(config.registered_model_name, version, key, tags[key])
+        return LoggedModel(run.info.run_id, version)
 
 
 def log_untrained_run(
@@ -246,17 +262,16 @@ def log_untrained_run(
 ) -> str:
     """Log a batch accepted without training (its monitoring figures); returns the run id."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    try:
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
-            mlflow.log_params(dict(params))
-            mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
-            for name, document in documents.items():
-                mlflow.log_dict(document, name)
-            return str(run.info.run_id)
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+    with (
+        mlflow_errors(config),
+        mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run,
+    ):
+        mlflow.log_params(dict(params))
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+        for name, document in documents.items():
+            mlflow.log_dict(document, name)
+        return str(run.info.run_id)
 
 
 def _labels_like(model: Any, rows: int) -> Any:
@@ -290,28 +305,22 @@ def close_orphaned_runs(config: MlflowConfig, experiment_id: str, project_id: st
     Call it only while holding the pipeline lock: then no other run of this project is
     alive, so a RUNNING run belongs to an attempt that was killed (SIGKILL, power loss).
     """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
+    tracking = client(config)
     query = f"attributes.status = 'RUNNING' and tags.{PROJECT_TAG} = '{project_id}'"
-    try:
-        orphans = client.search_runs([experiment_id], filter_string=query, max_results=1000)
+    with mlflow_errors(config):
+        orphans = tracking.search_runs([experiment_id], filter_string=query, max_results=1000)
         for run in orphans:
-            client.set_terminated(run.info.run_id, status="KILLED")
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+            tracking.set_terminated(run.info.run_id, status="KILLED")
     return [run.info.run_id for run in orphans]
 
 
 def champion_version(config: MlflowConfig) -> str | None:
     """The registered version the ``champion`` alias points to, or None."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
     try:
-        return str(client.get_model_version_by_alias(config.registered_model_name, CHAMPION_ALIAS).version)
+        registry = client(config)
+        return str(registry.get_model_version_by_alias(config.registered_model_name, CHAMPION_ALIAS).version)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
@@ -323,26 +332,16 @@ def champion_version(config: MlflowConfig) -> str | None:
 def load_version(config: MlflowConfig, version: str) -> Any:
     """Load a registered model version as a scikit-learn object."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     uri = f"models:/{config.registered_model_name}/{version}"
-    try:
+    with mlflow_errors(config, f"cannot load {uri}: "):
         return mlflow.sklearn.load_model(uri)
-    except MlflowException as exc:
-        raise TrackingError(f"cannot load {uri} from {config.tracking_uri}: {exc.message}") from exc
 
 
 def set_champion(config: MlflowConfig, version: str) -> None:
     """Point the ``champion`` alias at ``version``."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlflow.MlflowClient().set_registered_model_alias(
-            config.registered_model_name, CHAMPION_ALIAS, version
-        )
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+    with mlflow_errors(config):
+        client(config).set_registered_model_alias(config.registered_model_name, CHAMPION_ALIAS, version)
 
 
 COMMITTED_TAG = "state_committed"
@@ -350,13 +349,8 @@ COMMITTED_TAG = "state_committed"
 
 def mark_committed(config: MlflowConfig, run_id: str) -> None:
     """Tag a run whose batch was recorded in batch_state.json (what rebuild-state trusts)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlflow.MlflowClient().set_tag(run_id, COMMITTED_TAG, "true")
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+    with mlflow_errors(config):
+        client(config).set_tag(run_id, COMMITTED_TAG, "true")
 
 
 @dataclass(frozen=True)
@@ -375,26 +369,21 @@ class BatchRun:
 
 def committed_runs(config: MlflowConfig, project_id: str) -> list[BatchRun]:
     """Every run of this project whose batch was committed to the state file, oldest first."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
-    try:
-        experiment = client.get_experiment_by_name(config.experiment_name)
+    tracking = client(config)
+    with mlflow_errors(config):
+        experiment = tracking.get_experiment_by_name(config.experiment_name)
         if experiment is None:
             return []
         query = f"tags.{PROJECT_TAG} = '{project_id}' and tags.{COMMITTED_TAG} = 'true'"
-        runs = client.search_runs(
+        runs = tracking.search_runs(
             [experiment.experiment_id], filter_string=query, max_results=50_000, order_by=["start_time ASC"]
         )
         versions = {
             v.run_id: str(v.version)
-            for v in client.search_model_versions(
+            for v in tracking.search_model_versions(
                 f"name='{config.registered_model_name}'", max_results=10_000
             )
         }
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
     return [
         BatchRun(
             run_id=r.info.run_id,
@@ -426,13 +415,12 @@ class VersionInfo:
 
 def version_info(config: MlflowConfig, version: str) -> VersionInfo:
     """Look a registered version up; TrackingError names an unknown version."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
+    tracking = client(config)
     name = config.registered_model_name
     try:
-        found = client.get_model_version(name, version)
+        found = tracking.get_model_version(name, version)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise TrackingError(
@@ -443,15 +431,9 @@ def version_info(config: MlflowConfig, version: str) -> VersionInfo:
     run_tags: dict[str, str] = {}
     experiment_id = None
     if found.run_id:
-        try:
-            run = client.get_run(found.run_id)
-            params, run_tags, experiment_id = (
-                dict(run.data.params),
-                dict(run.data.tags),
-                run.info.experiment_id,
-            )
-        except MlflowException as exc:
-            raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+        with mlflow_errors(config):
+            run = tracking.get_run(found.run_id)
+        params, run_tags, experiment_id = dict(run.data.params), dict(run.data.tags), run.info.experiment_id
     tags = {**run_tags, **dict(found.tags)}
     batch = tags.get(BATCH_TAG, "")
     return VersionInfo(
@@ -467,23 +449,16 @@ def version_info(config: MlflowConfig, version: str) -> VersionInfo:
 
 def record_rollback(config: MlflowConfig, version: str, note: str) -> None:
     """Tag the registered model and the version with the rollback (who, when, why)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
-    try:
-        client.set_registered_model_tag(config.registered_model_name, "last_rollback", note)
-        client.set_model_version_tag(config.registered_model_name, version, "rollback", note)
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow at {config.tracking_uri}: {exc.message}") from exc
+    registry = client(config)
+    with mlflow_errors(config):
+        registry.set_registered_model_tag(config.registered_model_name, "last_rollback", note)
+        registry.set_model_version_tag(config.registered_model_name, version, "rollback", note)
 
 
 def log_file(config: MlflowConfig, run_id: str, path: str) -> None:
     """Attach a file (e.g. the metric plot) to a run, also after the run has ended."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     try:
-        mlflow.MlflowClient().log_artifact(run_id, path)
-    except (MlflowException, OSError) as exc:
+        with mlflow_errors(config, f"cannot log {path}: "):
+            client(config).log_artifact(run_id, path)
+    except OSError as exc:
         raise TrackingError(f"MLflow at {config.tracking_uri}: cannot log {path}: {exc}") from exc

@@ -4,6 +4,7 @@ them by md5 from) the shared DVC remote. The only DVC importer."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -189,8 +190,16 @@ def recorded_md5(path: Path) -> str | None:
 
 
 def cached_file(root: Path, md5: str) -> Path:
-    """Where DVC 3 keeps the content with this md5 in the local cache."""
-    return root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    """Where DVC keeps the content with this md5 in the project's local cache: DVC's own
+    answer, so a configured ``cache.dir`` (a shared cache) is honoured."""
+    return Path(_local_cache(root.resolve()).oid_to_path(md5))
+
+
+@functools.lru_cache(maxsize=8)
+def _local_cache(root: Path) -> Any:
+    """The project's local DVC cache (opening the repository once per process and project)."""
+    with _open(root) as repo:
+        return repo.cache.local
 
 
 # --------------------------------------------------------------------------- the shared remote

@@ -1,4 +1,4 @@
-"""A run killed while DVC rewrote its lock table must not break every later run."""
+"""DVC's lock table after a killed run, and where DVC's cache keeps a file."""
 
 from __future__ import annotations
 
@@ -44,3 +44,22 @@ def test_a_valid_rwlock_is_left_alone(repo: Path) -> None:
     rwlock.write_text("", encoding="utf-8")
     assert versioning.repair_rwlock(repo) is True
     assert not rwlock.exists()
+
+
+def test_cached_file_honours_a_configured_cache_dir(tmp_path: Path) -> None:
+    from dvc.repo import Repo
+
+    root = tmp_path / "project"
+    root.mkdir()
+    versioning.ensure_repo(root)
+    shared = tmp_path / "shared-cache"
+    with Repo(str(root)) as repo, repo.config.edit() as config:
+        config["cache"]["dir"] = str(shared)
+    data = root / "data.csv"
+    data.write_text("a,b\n1,2\n", encoding="utf-8")
+
+    md5 = versioning.track(root, [data])[data]
+
+    cached = versioning.cached_file(root, md5)
+    assert cached.is_relative_to(shared) and cached.is_file()
+    assert not (root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).exists()
