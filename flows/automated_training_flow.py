@@ -69,6 +69,7 @@ from retrain_pipeline.prefect_runtime import (
     send_pending_prefect_records,
     temporary_api_unreachable,
 )
+from retrain_pipeline.project import prepare_project
 from retrain_pipeline.reporting import import_plotting, training_report
 from retrain_pipeline.services import prefect_home, running_urls
 from retrain_pipeline.state import BatchRecord, PipelineState, utc_now
@@ -133,6 +134,8 @@ def automated_training_flow(
     try:
         store = state_store(settings)
         with store.lock({"flow_run_id": flow_run.id}) as holder:
+            # Under the lock: two first runs must not both initialise DVC.
+            prepare_project(settings)
             return _process_batch(settings, store, batch_number, force, holder)
     except PipelineBusyError as exc:
         logger.warning("Nothing done: %s", exc)

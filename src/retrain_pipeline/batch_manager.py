@@ -1,6 +1,6 @@
 """Prefect tasks that manage batches: read the state, choose the batch, record the outcome.
 
-Thin wrappers over :mod:`retrain_pipeline.state`, the state store and ``project``. The flow
+Thin wrappers over :mod:`retrain_pipeline.state` and the state store. The flow
 passes the store whose lock it holds, so that (with PostgreSQL) the loads and saves go
 through the lock's own connection.
 """
@@ -14,7 +14,6 @@ from typing import Any
 from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from retrain_pipeline import project
 from retrain_pipeline import state as state_store
 from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import StateError
@@ -36,11 +35,7 @@ class BatchChoice:
 def choose_batch(
     settings: Settings, store: StateStore, requested: int | None, force: bool
 ) -> tuple[PipelineState, BatchChoice]:
-    """Set the project up if needed (folders, DVC repository), read the state, pick the batch.
-
-    Call it under the store's lock: two first runs must not both initialise DVC.
-    """
-    project.prepare_project(settings)
+    """Read the state and pick the batch (call it under the store's lock)."""
     state = store.load()
     return state, _choose(settings, state, requested, force)
 
