@@ -164,9 +164,7 @@ FLOW_STEPS = (
 # Baseline sub-steps -> the same steps as the flow.
 BASELINE_STEPS = {
     "read": "validate+merge",
-    "validate": "validate+merge",
-    "split": "validate+merge",
-    "merge": "validate+merge",
+    "validate+merge": "validate+merge",
     "write data": "validate+merge",
     "drift check": "drift check",
     "train": "train",
@@ -181,19 +179,20 @@ count and correlated features; a noisy logistic target). Every repetition is a f
 (landing source, MLflow on its own `sqlite:///mlflow.db`, DVC without Git) with the model
 `{estimator}` and hyperparameters `{hp}` (fast and realistic).
 
-- **Baseline (the floor)**: the plain functions the flow uses, in one Python process, no
-  Prefect/MLflow/DVC: `read_batch_file`, `schema_for` + `validate_batch`, `split_batch`,
-  `merge_batches` with the earlier accepted batches of the window (all by default) **re-read
-  from their Parquet files, as the flow does**, `train_holdout`, `require_classes`, the batch's
-  Parquet file written (`write_parquet_atomic`), `train_model`, `evaluate_model` for the new
-  and the previous model (kept in memory), `joblib.dump` of the model. One warm-up batch on a
-  throw-away project first.
+- **Baseline (the floor)**: the plain functions the flow's tasks call, in one Python process,
+  no Prefect/MLflow/DVC: `read_batch_file`, `validate_and_merge_batch` (the feature-kind check
+  against the first batch, `validate_batch`, `split_batch`, the merge with the earlier accepted
+  batches of the window (all by default) **re-read from their Parquet files, as the flow does**,
+  `train_holdout`, `require_classes`), the batch's processed file (`write_processed_batch`), the
+  monitoring step (`read_reference`, `detect_drift`, the champion scored on the batch),
+  `train_model`, `evaluate_against_champion` (the previous champion kept in memory),
+  `joblib.dump` of the model. One warm-up batch on a throw-away project first.
 - **Flow**: `automated_training_flow(params_path=..., return_state=True)` in-process, once per
   batch, after one warm-up call on a throw-away project in the same process (reported under
   start-up). The split by step comes from the task runs Prefect recorded for each flow run
   (`end_time - start_time`); `other (orchestration)` is the flow's wall time minus the sum of its
   task runs. `load-champion` (connecting to MLflow, loading the champion from the registry)
-  counts as MLflow, `choose-batch` (project set-up, state file) as state, `save-and-version`
+  counts as MLflow, `choose-batch` (the state) as state, `check-drift` as drift check, `save-and-version`
   (model file + DVC) as DVC.
 - **CLI**: `python flows/automated_training_flow.py --params P` for one more batch on a finished
   project: the whole process (interpreter, imports, ephemeral API start, the batch).
@@ -371,7 +370,8 @@ def baseline_batch(run: BaselineRun, batch_number: int) -> Json:
 
 
 def _baseline_data(run: BaselineRun, n: int, timer: StepTimer) -> Any:
-    """Read, validate, split, merge with the earlier batches (re-read), write the batch."""
+    """Read, validate, split, merge with the earlier batches (re-read), write the batch: the
+    same plain functions the flow's validate-and-merge task calls."""
     from retrain_pipeline import data
 
     cfg = run.settings.data
@@ -380,33 +380,26 @@ def _baseline_data(run: BaselineRun, n: int, timer: StepTimer) -> Any:
         if path is None:
             raise BenchmarkError(f"landing batch {n} is missing in {cfg.landing_dir}")
         frame = data.read_batch_file(path, n)
-    with timer.step("validate"):
-        features = run.features or [str(c) for c in frame.columns if c != cfg.target_column]
-        valid = data.validate_batch(frame, data.schema_for(cfg, features), batch_number=n, file=str(path))
-        run.features = features
-    with timer.step("split"):
-        evaluation = run.settings.evaluation
-        split = data.split_batch(
-            valid,
-            target_column=cfg.target_column,
-            holdout_fraction=evaluation.holdout_fraction,
-            seed=evaluation.split_seed,
-            batch_number=n,
+    with timer.step("validate+merge"):
+        first = (
+            data.read_first_batch(run.batch_file(run.accepted[0]), run.accepted[0]) if run.accepted else None
         )
-    with timer.step("merge"):
-        import pandas as pd
-
         window = data.training_window(run.accepted, cfg.window_batches)
-        earlier = [pd.read_parquet(run.batch_file(k)) for k in window]
-        merged = data.merge_batches([*earlier, split])
-        parts = data.train_holdout(merged, cfg.target_column)
-        del merged
-        data.require_classes(parts.train_target, cfg.classes, batch_number=n, file=str(path))
+        merged = data.validate_and_merge_batch(
+            frame,
+            config=cfg,
+            evaluation=run.settings.evaluation,
+            batch_number=n,
+            source=str(path),
+            first=first,
+            earlier={k: run.batch_file(k) for k in window},
+        )
+        run.features = [str(c) for c in merged.parts.train_features.columns]
     with timer.step("write data"):
-        data.write_parquet_atomic(split, run.batch_file(n))
+        data.write_processed_batch(merged.split, run.batch_file(n), merged.kinds)
     with timer.step("drift check"):
-        _baseline_drift_check(run, valid, n)
-    return parts
+        _baseline_drift_check(run, merged.valid, n)
+    return merged.parts
 
 
 def _baseline_drift_check(run: BaselineRun, batch: Any, n: int) -> None:
@@ -442,19 +435,22 @@ def _baseline_model(run: BaselineRun, parts: Any, n: int, timer: StepTimer) -> N
             impute=run.settings.data.allow_missing_values,
         )
     with timer.step("evaluate"):
-        holdout, truth = parts.holdout_features, parts.holdout_target
-        positive = run.settings.data.classes[1]
-        metrics = model.evaluate_model(trained, holdout, truth, positive)
-        previous = None
-        if run.champion is not None:
-            previous = model.evaluate_model(run.champion, holdout, truth, positive)
         cfg = run.settings.evaluation
-        decision = model.decide_promotion(metrics, previous, cfg.primary_metric, cfg.promotion_tolerance)
+        evaluation = model.evaluate_against_champion(
+            trained,
+            run.champion,
+            None,
+            parts.holdout_features,
+            parts.holdout_target,
+            positive_label=run.settings.data.classes[1],
+            metric=cfg.primary_metric,
+            tolerance=cfg.promotion_tolerance,
+        )
     with timer.step("save model"):
         path = run.out / "models" / f"batch_{n}.joblib"
         path.parent.mkdir(parents=True, exist_ok=True)
         joblib.dump(trained, path)
-    if decision.promote:
+    if evaluation.decision.promote:
         run.champion, run.champion_batch = trained, n
 
 

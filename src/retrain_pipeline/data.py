@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 from sklearn.model_selection import train_test_split
 
-from retrain_pipeline.config import DataConfig
-from retrain_pipeline.errors import DataValidationError
+from retrain_pipeline.config import DataConfig, EvaluationConfig
+from retrain_pipeline.errors import DataValidationError, StateError
 from retrain_pipeline.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -462,6 +462,99 @@ def train_holdout(merged: pd.DataFrame, target_column: str) -> TrainHoldout:
     holdout_features, holdout_target = features_and_target(merged, target_column, HOLDOUT)
     summary = data_summary(merged, target_column)
     return TrainHoldout(train_features, train_target, holdout_features, holdout_target, summary)
+
+
+# --------------------------------------------------------------------------- one batch, merged
+
+
+@dataclass(frozen=True)
+class FirstBatch:
+    """What the processed file of the first accepted batch fixes for later batches."""
+
+    batch_number: int
+    columns: list[str]
+    kinds: dict[str, str] | None  # None: written before feature kinds were recorded
+
+
+def read_first_batch(path: Path, batch_number: int) -> FirstBatch:
+    """Columns and feature kinds of the first accepted batch, from its processed file's schema."""
+    schema = pq.read_schema(path)
+    try:
+        kinds = recorded_feature_kinds(schema.metadata)
+    except ValueError as exc:
+        raise StateError(
+            f"processed data of accepted batch {batch_number} ({path}) has {exc}; "
+            f"restore it (dvc checkout) or retrain batch {batch_number} with --force"
+        ) from exc
+    return FirstBatch(batch_number, schema.names, kinds)
+
+
+def expected_features(config: DataConfig, first: FirstBatch | None, frame: pd.DataFrame) -> list[str]:
+    """Declared features, else those of the first accepted batch, else this batch's columns."""
+    if config.feature_columns:
+        return list(config.feature_columns)
+    names = first.columns if first else [str(c) for c in frame.columns]
+    return [c for c in names if c not in (config.target_column, SPLIT_COLUMN)]
+
+
+def read_processed_batch(path: Path, batch_number: int, columns: pd.Index) -> pd.DataFrame:
+    """An accepted batch's processed file; StateError when its columns are not ``columns``."""
+    frame = pd.read_parquet(path)
+    if list(frame.columns) != list(columns):
+        raise StateError(
+            f"accepted batch {batch_number} has columns {list(frame.columns)} but the current "
+            f"schema is {list(columns)}; the feature set changed between batches"
+        )
+    return frame
+
+
+@dataclass(frozen=True)
+class MergedBatch:
+    """A validated batch, split, and merged with the earlier accepted batches."""
+
+    valid: pd.DataFrame  # the batch, validated (features and target)
+    split: pd.DataFrame  # the same rows with their train/holdout column: its processed file
+    parts: TrainHoldout  # train and holdout of the merged table (which is not kept)
+    kinds: dict[str, str]  # the feature kinds its processed file records
+
+
+def validate_and_merge_batch(
+    frame: pd.DataFrame,
+    *,
+    config: DataConfig,
+    evaluation: EvaluationConfig,
+    batch_number: int,
+    source: str,
+    first: FirstBatch | None,
+    earlier: Mapping[int, Path],
+) -> MergedBatch:
+    """Validate a batch, split it, merge it with the ``earlier`` batches' processed files.
+
+    The first accepted batch fixes the feature names and kinds (bool, integer, float) that
+    later batches must have; a first batch (or one after a legacy file) records its own.
+    DataValidationError names the file and the problem.
+    """
+    n = batch_number
+    features = expected_features(config, first, frame)
+    fixed = first.kinds if first else None
+    if first:
+        check_feature_kinds(frame, features, fixed, batch_number=n, file=source, fixed_by=first.batch_number)
+    valid = validate_batch(frame, schema_for(config, features), batch_number=n, file=source)
+    split = split_batch(
+        valid,
+        target_column=config.target_column,
+        holdout_fraction=evaluation.holdout_fraction,
+        seed=evaluation.split_seed,
+        batch_number=n,
+    )
+    merged = merge_batches(
+        [*(read_processed_batch(path, k, split.columns) for k, path in earlier.items()), split]
+    )
+    parts = train_holdout(merged, config.target_column)
+    del merged
+    require_classes(parts.train_target, config.classes, batch_number=n, file=source)
+    kinds = fixed if fixed is not None else feature_kinds(frame, features)
+    return MergedBatch(valid, split, parts, kinds)
 
 
 # --------------------------------------------------------------------------- lineage manifest

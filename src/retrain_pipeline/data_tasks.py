@@ -94,65 +94,20 @@ def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInp
     accepted = [k for k in state.accepted_batches(up_to=n) if k != n]
     earlier = data.training_window(accepted, cfg.window_batches)
     restore_processed_batches(settings, state, sorted({*accepted[:1], *earlier}))
-    first = _first_accepted(settings, accepted)
-    features = _expected_features(settings, first, batch.frame)
-    fixed = first.kinds if first else None
-    if first:
-        data.check_feature_kinds(
-            batch.frame, features, fixed, batch_number=n, file=batch.source, fixed_by=first.batch_number
-        )
-    valid = data.validate_batch(
-        batch.frame, data.schema_for(cfg, features), batch_number=n, file=batch.source
-    )
-    split = data.split_batch(
-        valid,
-        target_column=cfg.target_column,
-        holdout_fraction=settings.evaluation.holdout_fraction,
-        seed=settings.evaluation.split_seed,
+    first = data.read_first_batch(_processed_path(settings, accepted[0]), accepted[0]) if accepted else None
+    merged = data.validate_and_merge_batch(
+        batch.frame,
+        config=cfg,
+        evaluation=settings.evaluation,
         batch_number=n,
+        source=batch.source,
+        first=first,
+        earlier={k: _processed_path(settings, k) for k in earlier},
     )
-    merged = data.merge_batches([*(_read_processed(settings, k, split.columns) for k in earlier), split])
-    parts = data.train_holdout(merged, cfg.target_column)
-    del merged
-    data.require_classes(parts.train_target, cfg.classes, batch_number=n, file=batch.source)
-    # Later batches pass the fixed kinds on; a first batch (or one after a legacy file) records its own.
-    kinds = fixed if fixed is not None else data.feature_kinds(batch.frame, features)
-    data.write_processed_batch(split, settings.processed_batch_file(n), kinds)
-    return TrainingData(n, len(valid), parts, (*earlier, n), settings.processed_batch_file(n), valid)
-
-
-@dataclass(frozen=True)
-class _FirstBatch:
-    """What the processed file of the first accepted batch fixes for later batches."""
-
-    batch_number: int
-    columns: list[str]
-    kinds: dict[str, str] | None  # None: written before feature kinds were recorded
-
-
-def _first_accepted(settings: Settings, accepted: list[int]) -> _FirstBatch | None:
-    """Columns and feature kinds of the first accepted batch; None before any is accepted."""
-    if not accepted:
-        return None
-    path = _processed_path(settings, accepted[0])
-    schema = pq.read_schema(path)
-    try:
-        kinds = data.recorded_feature_kinds(schema.metadata)
-    except ValueError as exc:
-        raise StateError(
-            f"processed data of accepted batch {accepted[0]} ({path}) has {exc}; "
-            f"restore it (dvc checkout) or retrain batch {accepted[0]} with --force"
-        ) from exc
-    return _FirstBatch(accepted[0], schema.names, kinds)
-
-
-def _expected_features(settings: Settings, first: _FirstBatch | None, frame: pd.DataFrame) -> list[str]:
-    """Declared features, else those of the first accepted batch, else this batch's columns."""
-    target = settings.data.target_column
-    if settings.data.feature_columns:
-        return list(settings.data.feature_columns)
-    names = first.columns if first else [str(c) for c in frame.columns]
-    return [c for c in names if c not in (target, data.SPLIT_COLUMN)]
+    data.write_processed_batch(merged.split, settings.processed_batch_file(n), merged.kinds)
+    return TrainingData(
+        n, len(merged.valid), merged.parts, (*earlier, n), settings.processed_batch_file(n), merged.valid
+    )
 
 
 def _processed_path(settings: Settings, batch_number: int) -> Path:
@@ -258,16 +213,6 @@ def _write_from_cache(settings: Settings, batch_number: int, md5: str) -> None:
                 f"DVC cache object {cached} (processed data of batch {batch_number}) is corrupt: "
                 f"md5 {digest} != {md5}; delete it and run again"
             )
-
-
-def _read_processed(settings: Settings, batch_number: int, columns: pd.Index) -> pd.DataFrame:
-    frame = pd.read_parquet(_processed_path(settings, batch_number))
-    if list(frame.columns) != list(columns):
-        raise StateError(
-            f"accepted batch {batch_number} has columns {list(frame.columns)} but the current "
-            f"schema is {list(columns)}; the feature set changed between batches"
-        )
-    return frame
 
 
 @task(name="quarantine-batch", cache_policy=NO_CACHE)

@@ -105,3 +105,42 @@ def decide_promotion(
 
 def _undefined(value: float) -> bool:
     return math.isnan(value)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The new model and the champion scored on the same holdout, and the promotion decision."""
+
+    metrics: Metrics
+    champion_metrics: Metrics | None
+    decision: PromotionDecision
+    champion_problem: str | None = None  # why the champion could not score the holdout
+
+
+def evaluate_against_champion(
+    new: ClassifierMixin,
+    champion: ClassifierMixin | None,
+    champion_version: str | None,
+    features: pd.DataFrame,
+    target: pd.Series,
+    *,
+    positive_label: int | str,
+    metric: str,
+    tolerance: float,
+) -> Evaluation:
+    """Score both models on the holdout and decide (:func:`decide_promotion`).
+
+    A champion that cannot score this holdout at all (trained on other feature columns, say)
+    cannot be compared with: the new model is promoted, and the reason says so.
+    """
+    metrics = evaluate_model(new, features, target, positive_label)
+    if champion is None:
+        return Evaluation(metrics, None, decide_promotion(metrics, None, metric, tolerance))
+    try:
+        champion_metrics = evaluate_model(champion, features, target, positive_label)
+    except ValueError as exc:
+        decision = PromotionDecision(True, f"champion v{champion_version} cannot score this data")
+        return Evaluation(metrics, None, decision, str(exc))
+    return Evaluation(
+        metrics, champion_metrics, decide_promotion(metrics, champion_metrics, metric, tolerance)
+    )

@@ -31,13 +31,6 @@ class Champion:
     model: Any
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    metrics: model.Metrics
-    champion_metrics: model.Metrics | None
-    decision: model.PromotionDecision
-
-
 @task(name="load-champion", cache_policy=NO_CACHE)
 def load_champion(settings: Settings, state: PipelineState) -> tuple[str, Champion | None]:
     """Connect to MLflow; returns the experiment id and the current champion from the registry.
@@ -106,24 +99,31 @@ def train(settings: Settings, training: TrainingData) -> Pipeline:
 @task(name="evaluate-models", cache_policy=NO_CACHE)
 def evaluate(
     settings: Settings, trained: Pipeline, champion: Champion | None, training: TrainingData
-) -> Evaluation:
+) -> model.Evaluation:
     """Score the new model and the champion on the same holdout; decide promotion."""
     logger = get_run_logger()
-    features, target = training.parts.holdout_features, training.parts.holdout_target
-    positive = settings.data.classes[1]
-    metrics = model.evaluate_model(trained, features, target, positive)
-    champion_metrics = None
-    if champion is not None:
-        try:
-            champion_metrics = model.evaluate_model(champion.model, features, target, positive)
-        except ValueError as exc:  # e.g. the champion was trained on other feature columns
-            logger.warning("Champion v%s cannot score the current holdout: %s", champion.version, exc)
     cfg = settings.evaluation
-    decision = model.decide_promotion(metrics, champion_metrics, cfg.primary_metric, cfg.promotion_tolerance)
-    if champion is not None and champion_metrics is None:
-        decision = model.PromotionDecision(True, f"champion v{champion.version} cannot score this data")
-    logger.info("%s=%s; decision: %s", cfg.primary_metric, metrics.get(cfg.primary_metric), decision.reason)
-    return Evaluation(metrics, champion_metrics, decision)
+    evaluation = model.evaluate_against_champion(
+        trained,
+        champion.model if champion else None,
+        champion.version if champion else None,
+        training.parts.holdout_features,
+        training.parts.holdout_target,
+        positive_label=settings.data.classes[1],
+        metric=cfg.primary_metric,
+        tolerance=cfg.promotion_tolerance,
+    )
+    if champion is not None and evaluation.champion_problem:
+        logger.warning(
+            "Champion v%s cannot score the current holdout: %s", champion.version, evaluation.champion_problem
+        )
+    logger.info(
+        "%s=%s; decision: %s",
+        cfg.primary_metric,
+        evaluation.metrics.get(cfg.primary_metric),
+        evaluation.decision.reason,
+    )
+    return evaluation
 
 
 @task(name="log-to-mlflow", cache_policy=NO_CACHE)
@@ -133,7 +133,7 @@ def log_run(
     *,
     trained: Pipeline,
     training: TrainingData,
-    evaluation: Evaluation,
+    evaluation: model.Evaluation,
     tags: dict[str, str],
     monitoring_metrics: dict[str, float | None],
     documents: dict[str, Any],
