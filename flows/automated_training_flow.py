@@ -27,9 +27,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
+from retrain_pipeline import tracking
 from retrain_pipeline.api_server import started as started_api_server
+from retrain_pipeline.arguments import batch_argument
 from retrain_pipeline.batch_manager import choose_batch, pause_schedule, record_batch
-from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings, resolve_params_file
+from retrain_pipeline.config import Settings, load_settings, resolve_params_file
 from retrain_pipeline.data_tasks import (
     BatchInput,
     TrainingData,
@@ -220,13 +222,13 @@ class _Run:
 
     def tags(self, versioned: Versioned) -> dict[str, str]:
         tags = {
-            "batch_number": str(self.batch.batch_number),
-            "data_md5": versioned.data_md5,
-            "prefect_flow_run_id": str(flow_run.id),
-            "pipeline_project": self.settings.project_id,
+            tracking.BATCH_TAG: str(self.batch.batch_number),
+            tracking.DATA_MD5_TAG: versioned.data_md5,
+            tracking.FLOW_RUN_TAG: str(flow_run.id),
+            tracking.PROJECT_TAG: self.settings.project_id,
         }
         if versioned.model_md5:
-            tags["model_md5"] = versioned.model_md5
+            tags[tracking.MODEL_MD5_TAG] = versioned.model_md5
         return tags
 
     def documents(self) -> dict[str, Any]:
@@ -338,24 +340,14 @@ def _accept_untrained(run: _Run) -> _Committed:
 # --------------------------------------------------------------------------- command line
 
 
-def _batch_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"batch number must be an integer, got {text!r}") from None
-    if not 1 <= value <= MAX_BATCH_NUMBER:
-        raise argparse.ArgumentTypeError(
-            f"batch number must be between 1 and {MAX_BATCH_NUMBER}, got {value}"
-        )
-    return value
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="automated_training_flow.py",
         description="Run the retraining flow once: the given batch N, or the next one.",
     )
-    parser.add_argument("batch", nargs="?", type=_batch_number, help="batch number (default: the next batch)")
+    parser.add_argument(
+        "batch", nargs="?", type=batch_argument, help="batch number (default: the next batch)"
+    )
     parser.add_argument("--params", help=f"params file (default: {DEFAULT_PARAMS})")
     parser.add_argument("--force", action="store_true", help="retrain a batch that is already completed")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of pipeline errors")

@@ -24,8 +24,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from retrain_pipeline.arguments import host_argument, port_argument
-from retrain_pipeline.config import MAX_BATCH_NUMBER, Settings, load_settings
+from retrain_pipeline.arguments import (
+    DEFAULT_HOST,
+    DEFAULT_MLFLOW_PORT,
+    batch_argument,
+    host_argument,
+    port_argument,
+)
+from retrain_pipeline.config import Settings, load_settings
 from retrain_pipeline.errors import PipelineError
 from retrain_pipeline.reporting import render_status
 from retrain_pipeline.state import PipelineState, next_batch_number
@@ -51,14 +57,6 @@ def status_payload(settings: Settings, state: PipelineState) -> dict[str, Any]:
         "next_batch": upcoming if upcoming <= settings.automation.max_batches else None,
         "max_batches": settings.automation.max_batches,
     }
-
-
-def batch_argument(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= MAX_BATCH_NUMBER:
-        raise argparse.ArgumentTypeError(
-            f"batch must be an integer between 1 and {MAX_BATCH_NUMBER}, got {text!r}"
-        )
-    return int(text)
 
 
 def version_argument(text: str) -> str:
@@ -145,8 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     status = command("status", _status, "table of batches and the champion", light=True)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ui = command("mlflow-ui", _mlflow_ui, "serve the MLflow UI over the project's store", light=True)
-    ui.add_argument("--host", type=host_argument, default="127.0.0.1")
-    ui.add_argument("--port", type=port_argument, default=5000)
+    ui.add_argument("--host", type=host_argument, default=DEFAULT_HOST)
+    ui.add_argument("--port", type=port_argument, default=DEFAULT_MLFLOW_PORT)
     command("rebuild-state", _rebuild_state, "rebuild the batch state from MLflow and the quarantine")
     lineage = command("lineage", _lineage, "what ties a batch to its model and data")
     which = lineage.add_mutually_exclusive_group(required=True)

@@ -32,12 +32,12 @@ from pydantic import (
     model_validator,
 )
 
+from retrain_pipeline.arguments import MAX_BATCH_NUMBER
 from retrain_pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
     from retrain_pipeline.drift import DriftRules
 
-MAX_BATCH_NUMBER = 1_000_000
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc")
 Metric = Literal["accuracy", "precision", "recall", "f1", "roc_auc"]
 

@@ -171,7 +171,7 @@ def log_run(
         cfg.mlflow,
         experiment_id,
         run_name=f"batch-{training.batch_number}",
-        tags={**tags, "promotion_decision": evaluation.decision.reason},
+        tags={**tags, tracking.DECISION_TAG: evaluation.decision.reason},
         params=params,
         metrics=metrics,
         model=trained,

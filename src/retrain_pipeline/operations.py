@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from retrain_pipeline import data, tracking, versioning
+from retrain_pipeline.arguments import DEFAULT_HOST, DEFAULT_MLFLOW_PORT, DEFAULT_PREFECT_PORT
 from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import StateError
 from retrain_pipeline.fileio import atomic_path
@@ -21,17 +22,27 @@ from retrain_pipeline.reporting import drift_summary
 from retrain_pipeline.state import BatchRecord, Rollback, utc_now
 from retrain_pipeline.state_stores import state_store
 
-DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
-DEFAULT_PREFECT_UI = "http://127.0.0.1:4200"
-
 
 def _mlflow_ui(settings: Settings) -> str:
-    return settings.mlflow.tracking_uri.rstrip("/") if settings.mlflow.is_remote else DEFAULT_MLFLOW_UI
+    """The tracking server, else the project's running MLflow server, else the default address."""
+    if settings.mlflow.is_remote:
+        return settings.mlflow.tracking_uri.rstrip("/")
+    from retrain_pipeline.services import running_urls
+
+    return running_urls(settings).get("mlflow", f"http://{DEFAULT_HOST}:{DEFAULT_MLFLOW_PORT}").rstrip("/")
 
 
-def _prefect_ui() -> str:
-    api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
-    return api.removesuffix("/api") if api else DEFAULT_PREFECT_UI
+def _prefect_ui(settings: Settings) -> str:
+    """PREFECT_API_URL's UI, else the project's running Prefect server's, else the default."""
+    from retrain_pipeline.services import running_urls
+
+    api = os.environ.get("PREFECT_API_URL", "").strip() or running_urls(settings).get("prefect", "")
+    api = api.rstrip("/")
+    return api.removesuffix("/api") if api else f"http://{DEFAULT_HOST}:{DEFAULT_PREFECT_PORT}"
+
+
+def _flow_run_link(settings: Settings, flow_run_id: str | None) -> str | None:
+    return f"{_prefect_ui(settings)}/runs/flow-run/{flow_run_id}" if flow_run_id else None
 
 
 def _cache_state(settings: Settings, md5: str | None) -> str:
@@ -67,7 +78,7 @@ def lineage(settings: Settings, *, batch: int | None = None, version: str | None
         info = tracking.version_info(settings.mlflow, version)
     run_id = info.run_id
     link = f"{_mlflow_ui(settings)}/#/experiments/{info.experiment_id}/runs/{run_id}" if run_id else None
-    flow_run_id = info.tags.get("prefect_flow_run_id")
+    flow_run_id = info.tags.get(tracking.FLOW_RUN_TAG)
     return {
         "batch": batch,
         "batch_status": record.status if record else "not in the state file",
@@ -78,12 +89,12 @@ def lineage(settings: Settings, *, batch: int | None = None, version: str | None
         "is_batch_latest_model": bool(record and record.model_version == version),
         "mlflow_run_id": run_id,
         "mlflow_run_link": link,
-        "data_md5": info.tags.get("data_md5"),
-        "data_in_dvc_cache": _cache_state(settings, info.tags.get("data_md5")),
-        "model_md5": info.tags.get("model_md5"),
-        "model_in_dvc_cache": _cache_state(settings, info.tags.get("model_md5")),
+        "data_md5": info.tags.get(tracking.DATA_MD5_TAG),
+        "data_in_dvc_cache": _cache_state(settings, info.tags.get(tracking.DATA_MD5_TAG)),
+        "model_md5": info.tags.get(tracking.MODEL_MD5_TAG),
+        "model_in_dvc_cache": _cache_state(settings, info.tags.get(tracking.MODEL_MD5_TAG)),
         "prefect_flow_run_id": flow_run_id,
-        "prefect_flow_run_link": f"{_prefect_ui()}/runs/flow-run/{flow_run_id}" if flow_run_id else None,
+        "prefect_flow_run_link": _flow_run_link(settings, flow_run_id),
         "params": info.run_params,
         "trained": True,
         "skip_reason": None,
@@ -115,7 +126,7 @@ def _untrained_lineage(
         "model_md5": None,
         "model_in_dvc_cache": None,
         "prefect_flow_run_id": flow_run_id,
-        "prefect_flow_run_link": f"{_prefect_ui()}/runs/flow-run/{flow_run_id}" if flow_run_id else None,
+        "prefect_flow_run_link": _flow_run_link(settings, flow_run_id),
         "params": {},
         "trained": False,
         "skip_reason": record.skip_reason,

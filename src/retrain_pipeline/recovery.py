@@ -15,7 +15,15 @@ from pathlib import Path
 
 from retrain_pipeline.config import METRIC_NAMES, Settings
 from retrain_pipeline.state import BatchRecord, PipelineState
-from retrain_pipeline.tracking import SKIP_REASON_TAG, TRAINED_TAG, BatchRun
+from retrain_pipeline.tracking import (
+    DATA_MD5_TAG,
+    DECISION_TAG,
+    FLOW_RUN_TAG,
+    MODEL_MD5_TAG,
+    SKIP_REASON_TAG,
+    TRAINED_TAG,
+    BatchRun,
+)
 
 _REASON_FILE = re.compile(r"^batch_(\d+)\.(\d{8}T\d{6})\+0000\.reason\.txt$")
 
@@ -42,8 +50,8 @@ def record_from_run(run: BatchRun, attempts: int) -> BatchRecord:
             rows=_int(run.params.get("batch_rows")),
             training_rows_total=_int(run.params.get("training_rows_total")),
             mlflow_run_id=run.run_id,
-            data_md5=run.tags.get("data_md5"),
-            prefect_flow_run_id=run.tags.get("prefect_flow_run_id"),
+            data_md5=run.tags.get(DATA_MD5_TAG),
+            prefect_flow_run_id=run.tags.get(FLOW_RUN_TAG),
             trained=False,
             skip_reason=run.tags.get(SKIP_REASON_TAG),
         )
@@ -64,12 +72,12 @@ def record_from_run(run: BatchRun, attempts: int) -> BatchRecord:
         metrics=metrics,
         champion_metrics=champion or None,
         promoted=None if promoted is None else promoted == 1.0,
-        promotion_reason=run.tags.get("promotion_decision"),
+        promotion_reason=run.tags.get(DECISION_TAG),
         mlflow_run_id=run.run_id,
         model_version=run.model_version,
-        data_md5=run.tags.get("data_md5"),
-        model_md5=run.tags.get("model_md5"),
-        prefect_flow_run_id=run.tags.get("prefect_flow_run_id"),
+        data_md5=run.tags.get(DATA_MD5_TAG),
+        model_md5=run.tags.get(MODEL_MD5_TAG),
+        prefect_flow_run_id=run.tags.get(FLOW_RUN_TAG),
     )
 
 

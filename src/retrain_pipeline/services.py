@@ -29,7 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retrain_pipeline import tracking
-from retrain_pipeline.arguments import host_argument, port_argument
+from retrain_pipeline.arguments import (
+    DEFAULT_HOST,
+    DEFAULT_MLFLOW_PORT,
+    DEFAULT_PREFECT_PORT,
+    host_argument,
+    port_argument,
+)
 from retrain_pipeline.config import AutomationConfig, Settings, load_settings
 from retrain_pipeline.errors import PipelineError, ServiceError
 from retrain_pipeline.fileio import write_text_atomic
@@ -41,10 +47,10 @@ SERVICE_NAMES = ("prefect", "mlflow", "worker")
 
 @dataclass(frozen=True)
 class Endpoints:
-    prefect_host: str = "127.0.0.1"
-    prefect_port: int = 4200
-    mlflow_host: str = "127.0.0.1"
-    mlflow_port: int = 5000
+    prefect_host: str = DEFAULT_HOST
+    prefect_port: int = DEFAULT_PREFECT_PORT
+    mlflow_host: str = DEFAULT_HOST
+    mlflow_port: int = DEFAULT_MLFLOW_PORT
 
     @property
     def prefect_api(self) -> str:
@@ -424,10 +430,10 @@ def _tail(log_file: Path, offset: int, lines: int = 30) -> str:
 def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml")
-    common.add_argument("--prefect-host", type=host_argument, default="127.0.0.1")
-    common.add_argument("--prefect-port", type=port_argument, default=4200)
-    common.add_argument("--mlflow-host", type=host_argument, default="127.0.0.1")
-    common.add_argument("--mlflow-port", type=port_argument, default=5000)
+    common.add_argument("--prefect-host", type=host_argument, default=DEFAULT_HOST)
+    common.add_argument("--prefect-port", type=port_argument, default=DEFAULT_PREFECT_PORT)
+    common.add_argument("--mlflow-host", type=host_argument, default=DEFAULT_HOST)
+    common.add_argument("--mlflow-port", type=port_argument, default=DEFAULT_MLFLOW_PORT)
     common.add_argument("--timeout", type=float, default=120.0)
     parser = argparse.ArgumentParser(prog="python -m retrain_pipeline.services")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -25,7 +25,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
+# The tags of a batch's MLflow run (a contract: users query by them).
 BATCH_TAG = "batch_number"
+DATA_MD5_TAG = "data_md5"  # the training-data manifest in the DVC cache
+MODEL_MD5_TAG = "model_md5"
+FLOW_RUN_TAG = "prefect_flow_run_id"
+DECISION_TAG = "promotion_decision"
 TRAINED_TAG = "trained"  # "false" on the run of a batch accepted without training
 SKIP_REASON_TAG = "skip_reason"
 PROJECT_TAG = "pipeline_project"  # which project folder logged the run (see Settings.project_id)
@@ -244,7 +249,7 @@ def log_training_run(
         )
         version = str(info.registered_model_version)
         registry = client(config)
-        for key in (BATCH_TAG, "data_md5", "model_md5"):
+        for key in (BATCH_TAG, DATA_MD5_TAG, MODEL_MD5_TAG):
             if key in tags:
                 registry.set_model_version_tag(config.registered_model_name, version, key, tags[key])
         return LoggedModel(run.info.run_id, version)
