@@ -250,6 +250,36 @@ def wait_for(flow_run_id: UUID, timeout: float) -> FlowRun:
         ) from exc
 
 
+def deploy_and_report(settings: Settings, tracking_uri: str | None) -> UUID:
+    """The work pool, the deployment and its crashed-run automation; says what it did."""
+    heartbeat_s = heartbeat_seconds(os.environ)
+    created = ensure_process_pool(settings.automation.work_pool)
+    deployment_id = deploy(settings, tracking_uri, heartbeat_s)
+    auto = settings.automation
+    automation = crash_automation(deployment_id, auto.deployment_name, heartbeat_s)
+    automation_id, done = ensure_automation(automation)
+    code = (
+        f"code from {auto.code_source} (each worker's own project folder), "
+        if auto.code_source
+        else f"working dir {PROJECT_ROOT}, "
+    )
+    print(
+        f"work pool {auto.work_pool!r} ({'created' if created else 'exists'}, type process); "
+        f"deployment '{FLOW_NAME}/{auto.deployment_name}' ({deployment_id}): "
+        f"cron {auto.cron_schedule!r} {auto.timezone}, concurrency 1 (cancel new), "
+        + code
+        + f"tracking {tracking_uri or settings.mlflow.tracking_uri}",
+        flush=True,
+    )
+    print(
+        f"automation {automation.name!r} ({done}, {automation_id}): runs send a heartbeat every "
+        f"{heartbeat_s} s ({HEARTBEAT_ENV}); a run silent for {MISSED_HEARTBEATS * heartbeat_s} s "
+        "(its worker or machine died) is marked Crashed and frees the deployment's slot",
+        flush=True,
+    )
+    return deployment_id
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="setup_deployment.py", description=__doc__.splitlines()[0])
     parser.add_argument("--params", help=f"params file (default: {PROJECT_ROOT / 'params.yaml'})")
@@ -281,30 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"params file not found: {params}")
         if args.code_source:
             settings = with_code_source(settings, args.code_source)
-        heartbeat_s = heartbeat_seconds(os.environ)
-        created = ensure_process_pool(settings.automation.work_pool)
-        deployment_id = deploy(settings, tracking_uri, heartbeat_s)
-        auto = settings.automation
-        automation = crash_automation(deployment_id, auto.deployment_name, heartbeat_s)
-        automation_id, done = ensure_automation(automation)
-        print(
-            f"work pool {auto.work_pool!r} ({'created' if created else 'exists'}, type process); "
-            f"deployment '{FLOW_NAME}/{auto.deployment_name}' ({deployment_id}): "
-            f"cron {auto.cron_schedule!r} {auto.timezone}, concurrency 1 (cancel new), "
-            + (
-                f"code from {auto.code_source} (each worker's own project folder), "
-                if auto.code_source
-                else f"working dir {PROJECT_ROOT}, "
-            )
-            + f"tracking {tracking_uri or settings.mlflow.tracking_uri}",
-            flush=True,
-        )
-        print(
-            f"automation {automation.name!r} ({done}, {automation_id}): runs send a heartbeat every "
-            f"{heartbeat_s} s ({HEARTBEAT_ENV}); a run silent for {MISSED_HEARTBEATS * heartbeat_s} s "
-            "(its worker or machine died) is marked Crashed and frees the deployment's slot",
-            flush=True,
-        )
+        deployment_id = deploy_and_report(settings, tracking_uri)
         if args.run_now:
             flow_run = run_now(deployment_id)
             print(f"triggered flow run {flow_run.name} ({flow_run.id})", flush=True)

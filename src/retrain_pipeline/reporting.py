@@ -219,7 +219,8 @@ def import_plotting() -> None:
 
 
 def plot_metric_history(state: PipelineState, metric: str) -> bytes:
-    """A PNG of the primary metric per batch: every new model, the champion line, promotions marked."""
+    """A PNG of the primary metric per batch: every new model, the champion line, promotions
+    marked, the champion's score on each new batch, and the batches that did not complete."""
     import io
 
     import_plotting()  # the Agg backend: no display; set here, not at import
@@ -227,63 +228,10 @@ def plot_metric_history(state: PipelineState, metric: str) -> bytes:
     from matplotlib.ticker import MaxNLocator
 
     points = metric_history(state, metric)
-    scored = [(p.batch, p.value, p) for p in points if p.value is not None]
     figure, axes = plt.subplots(figsize=(8, 4.5), dpi=110)
-    if scored:
-        axes.plot(
-            [b for b, _, _ in scored],
-            [v for _, v, _ in scored],
-            color="#4c72b0",
-            marker="o",
-            linewidth=1.2,
-            label=f"new model's {metric}",
-        )
-        champion = [(b, p.champion_after) for b, _, p in scored if p.champion_after is not None]
-        if champion:
-            axes.step(
-                [b for b, _ in champion],
-                [v for _, v in champion],
-                where="post",
-                color="#dd8452",
-                linewidth=2.2,
-                label=f"champion's {metric} (same holdout)",
-            )
-        promoted = [(b, v) for b, v, p in scored if p.promoted]
-        axes.scatter(
-            [b for b, _ in promoted],
-            [v for _, v in promoted],
-            s=140,
-            marker="*",
-            color="#2ca02c",
-            zorder=5,
-            label="promoted to champion",
-        )
-        for batch, value, point in scored:
-            axes.annotate(
-                f"v{point.model_version}",
-                (batch, value),
-                textcoords="offset points",
-                xytext=(0, 9),
-                ha="center",
-                fontsize=7,
-                color="#555555",
-            )
-    on_batch = [(p.batch, p.champion_on_batch) for p in points if p.champion_on_batch is not None]
-    if on_batch:
-        axes.scatter(
-            [b for b, _ in on_batch],
-            [v for _, v in on_batch],
-            s=45,
-            marker="x",
-            color="#8172b3",
-            zorder=4,
-            label=f"champion's {metric} on the new batch",
-        )
-    unfinished = [p.batch for p in points if p.status != "completed"]
-    for batch in unfinished:
-        axes.axvline(batch, color="#c44e52", alpha=0.35, linestyle="--", linewidth=1)
-    if unfinished:
-        axes.plot([], [], color="#c44e52", alpha=0.5, linestyle="--", label="rejected / failed batch")
+    _plot_models(axes, points, metric)
+    _plot_champion_on_batches(axes, points, metric)
+    _mark_unfinished(axes, points)
     current = state.champion_version
     axes.set_title(
         f"{metric} per batch: new model vs champion (current champion: "
@@ -300,3 +248,71 @@ def plot_metric_history(state: PipelineState, metric: str) -> bytes:
     figure.savefig(buffer, format="png")
     plt.close(figure)
     return buffer.getvalue()
+
+
+def _plot_models(axes: Any, points: list[MetricPoint], metric: str) -> None:
+    """Each new model's score (labelled with its version), the champion's line, promotions."""
+    scored = [(p.batch, p.value, p) for p in points if p.value is not None]
+    if not scored:
+        return
+    axes.plot(
+        [b for b, _, _ in scored],
+        [v for _, v, _ in scored],
+        color="#4c72b0",
+        marker="o",
+        linewidth=1.2,
+        label=f"new model's {metric}",
+    )
+    champion = [(b, p.champion_after) for b, _, p in scored if p.champion_after is not None]
+    if champion:
+        axes.step(
+            [b for b, _ in champion],
+            [v for _, v in champion],
+            where="post",
+            color="#dd8452",
+            linewidth=2.2,
+            label=f"champion's {metric} (same holdout)",
+        )
+    promoted = [(b, v) for b, v, p in scored if p.promoted]
+    axes.scatter(
+        [b for b, _ in promoted],
+        [v for _, v in promoted],
+        s=140,
+        marker="*",
+        color="#2ca02c",
+        zorder=5,
+        label="promoted to champion",
+    )
+    for batch, value, point in scored:
+        axes.annotate(
+            f"v{point.model_version}",
+            (batch, value),
+            textcoords="offset points",
+            xytext=(0, 9),
+            ha="center",
+            fontsize=7,
+            color="#555555",
+        )
+
+
+def _plot_champion_on_batches(axes: Any, points: list[MetricPoint], metric: str) -> None:
+    """The champion's score on each new batch, before training (monitoring)."""
+    on_batch = [(p.batch, p.champion_on_batch) for p in points if p.champion_on_batch is not None]
+    if on_batch:
+        axes.scatter(
+            [b for b, _ in on_batch],
+            [v for _, v in on_batch],
+            s=45,
+            marker="x",
+            color="#8172b3",
+            zorder=4,
+            label=f"champion's {metric} on the new batch",
+        )
+
+
+def _mark_unfinished(axes: Any, points: list[MetricPoint]) -> None:
+    unfinished = [p.batch for p in points if p.status != "completed"]
+    for batch in unfinished:
+        axes.axvline(batch, color="#c44e52", alpha=0.35, linestyle="--", linewidth=1)
+    if unfinished:
+        axes.plot([], [], color="#c44e52", alpha=0.5, linestyle="--", label="rejected / failed batch")
