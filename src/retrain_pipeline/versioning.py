@@ -4,7 +4,6 @@ them by md5 from) the shared DVC remote. The only DVC importer."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import logging
@@ -191,15 +190,23 @@ def recorded_md5(path: Path) -> str | None:
 
 def cached_file(root: Path, md5: str) -> Path:
     """Where DVC keeps the content with this md5 in the project's local cache: DVC's own
-    answer, so a configured ``cache.dir`` (a shared cache) is honoured."""
-    return Path(_local_cache(root.resolve()).oid_to_path(md5))
+    answer, so a configured ``cache.dir`` (a shared cache) is honoured. Without a DVC
+    repository in ``root`` (yet), DVC's default cache in ``root/.dvc/cache``."""
+    root = root.resolve()
+    cache = _local_caches.get(root)
+    if cache is None:
+        from dvc.exceptions import NotDvcRepoError
+
+        try:
+            with _open(root) as repo:
+                cache = _local_caches[root] = repo.cache.local
+        except NotDvcRepoError:
+            return root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    return Path(cache.oid_to_path(md5))
 
 
-@functools.lru_cache(maxsize=8)
-def _local_cache(root: Path) -> Any:
-    """The project's local DVC cache (opening the repository once per process and project)."""
-    with _open(root) as repo:
-        return repo.cache.local
+#: The local DVC cache of each project folder this process looked in (opened once).
+_local_caches: dict[Path, Any] = {}
 
 
 # --------------------------------------------------------------------------- the shared remote
