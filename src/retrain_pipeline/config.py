@@ -419,19 +419,13 @@ class MonitoringConfig(_Section):
         return self
 
     def drift_rules(self) -> DriftRules:
+        """The statistics' part of this section, for :func:`retrain_pipeline.drift.detect_drift`."""
+        import dataclasses
+
         from retrain_pipeline.drift import DriftRules
 
-        return DriftRules(
-            drift_share=self.drift_share,
-            ks_threshold=self.ks_threshold,
-            wasserstein_threshold=self.wasserstein_threshold,
-            chi2_threshold=self.chi2_threshold,
-            jensenshannon_threshold=self.jensenshannon_threshold,
-            large_sample_rows=self.large_sample_rows,
-            categorical_max_unique=self.categorical_max_unique,
-            min_rows=self.min_rows,
-            sample_rows=self.sample_rows,
-        )
+        names = {field.name for field in dataclasses.fields(DriftRules)}
+        return DriftRules(**self.model_dump(include=names))
 
 
 class PathsConfig(_Section):

@@ -210,6 +210,31 @@ def repair_proxied_artifact_uris(config: MlflowConfig) -> int:
     return changed
 
 
+@contextlib.contextmanager
+def _batch_run(
+    config: MlflowConfig,
+    experiment_id: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float | None],
+    documents: Mapping[str, Any],
+) -> Iterator[Any]:
+    """An active MLflow run with its tags, params, metrics (None skipped) and JSON documents
+    logged; it ends FAILED if the body raises, and MLflow errors become TrackingError."""
+    import mlflow
+
+    with (
+        mlflow_errors(config),
+        mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run,
+    ):
+        mlflow.log_params(dict(params))
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+        for name, document in documents.items():
+            mlflow.log_dict(document, name)
+        yield run
+
+
 def log_training_run(
     config: MlflowConfig,
     experiment_id: str,
@@ -229,14 +254,7 @@ def log_training_run(
     """
     import mlflow
 
-    with (
-        mlflow_errors(config),
-        mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run,
-    ):
-        mlflow.log_params(dict(params))
-        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
-        for name, document in (documents or {}).items():
-            mlflow.log_dict(document, name)
+    with _batch_run(config, experiment_id, run_name, tags, params, metrics, documents or {}) as run:
         signature = mlflow.models.infer_signature(input_example, _labels_like(model, len(input_example)))
         info = mlflow.sklearn.log_model(
             model,
@@ -266,16 +284,7 @@ def log_untrained_run(
     documents: Mapping[str, Any],
 ) -> str:
     """Log a batch accepted without training (its monitoring figures); returns the run id."""
-    import mlflow
-
-    with (
-        mlflow_errors(config),
-        mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run,
-    ):
-        mlflow.log_params(dict(params))
-        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
-        for name, document in documents.items():
-            mlflow.log_dict(document, name)
+    with _batch_run(config, experiment_id, run_name, tags, params, metrics, documents) as run:
         return str(run.info.run_id)
 
 
