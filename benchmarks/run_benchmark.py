@@ -1264,6 +1264,7 @@ def _verdict(value: float, limit: float | None) -> tuple[str, str]:
 
 
 PROFILE_FILE = Path(__file__).with_name("cold_start_profile.md")
+HISTORY_FILE = Path(__file__).with_name("performance_history.md")  # what changed and why
 
 
 def render_profile() -> list[str]:
@@ -1272,6 +1273,14 @@ def render_profile() -> list[str]:
     if not PROFILE_FILE.is_file():
         return []
     return [*PROFILE_FILE.read_text(encoding="utf-8").rstrip().splitlines(), ""]
+
+
+def render_history() -> list[str]:
+    """What changed the numbers, release by release: kept in :data:`HISTORY_FILE` and copied
+    into every report."""
+    if not HISTORY_FILE.is_file():
+        return []
+    return [*HISTORY_FILE.read_text(encoding="utf-8").rstrip().splitlines(), ""]
 
 
 def render_cold_start(cold: Json, summary: Json) -> list[str]:
@@ -1579,6 +1588,7 @@ def render_report(results: Json) -> str:
         *render_steps(results["sizes"]),
         *render_drift_check(results["drift_check"]),
         *render_memory(results["memory"]),
+        *render_history(),
     ]
     return "\n".join(lines)
 
