@@ -45,7 +45,7 @@ from prefect.runner.storage import GitRepository
 from prefect.schedules import Cron
 from pydantic import ValidationError
 
-from retrain_pipeline.config import AutomationConfig, Settings, load_settings
+from retrain_pipeline.config import AutomationConfig, Settings, load_settings, params_for_command
 from retrain_pipeline.errors import ConfigError, DeploymentError, PipelineError
 from retrain_pipeline.prefect_runtime import HEARTBEAT_ENV
 
@@ -303,12 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    params = Path(args.params).expanduser().resolve() if args.params else PROJECT_ROOT / "params.yaml"
+    params = params_for_command(args.params, PROJECT_ROOT / "params.yaml")
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     try:
-        settings = load_settings(params if params.is_file() else None, default_root=PROJECT_ROOT)
-        if args.params and not params.is_file():
-            raise ConfigError(f"params file not found: {params}")
+        settings = load_settings(params, default_root=PROJECT_ROOT)  # a missing file is a ConfigError
         if args.code_source:
             settings = with_code_source(settings, args.code_source)
         deployment_id = deploy_and_report(settings, tracking_uri)

@@ -31,7 +31,7 @@ from retrain_pipeline import tracking
 from retrain_pipeline.api_server import started as started_api_server
 from retrain_pipeline.arguments import batch_argument
 from retrain_pipeline.batch_manager import choose_batch, pause_schedule, record_batch
-from retrain_pipeline.config import Settings, load_settings, resolve_params_file
+from retrain_pipeline.config import Settings, load_settings, params_for_command, resolve_params_file
 from retrain_pipeline.data_tasks import (
     BatchInput,
     TrainingData,
@@ -363,7 +363,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     quiet_temporary_server_notices()
-    params = str(Path(args.params).expanduser().resolve()) if args.params else None
+    # As typed (relative to the current folder); none: the flow's own rule, in the flow.
+    params = str(params_for_command(args.params, DEFAULT_PARAMS)) if args.params else None
     try:
         # Fail fast, before Prefect starts.
         settings = load_settings(resolve_params(params), default_root=PROJECT_ROOT)

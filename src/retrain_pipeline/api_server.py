@@ -105,14 +105,13 @@ def start_for_command_line(argv: list[str], default_params: Path) -> TemporaryAp
     if _server is not None or {"-h", "--help"} & set(argv) or os.environ.get("PREFECT_API_URL"):
         return _server
     try:
-        from retrain_pipeline.config import load_settings, resolve_params_file
+        from retrain_pipeline.config import load_settings, params_for_command
         from retrain_pipeline.services import prefect_home, running_urls
 
         parser = argparse.ArgumentParser(add_help=False)
         parser.add_argument("--params")
         known, _ = parser.parse_known_args(argv)
-        given = str(Path(known.params).expanduser().resolve()) if known.params else None  # as main()
-        params_file = resolve_params_file(given, default_params)
+        params_file = params_for_command(known.params, default_params)  # as the flow's main()
         if params_file is not None and not params_file.is_file():
             return None  # the run will report the missing params file
         settings = load_settings(params_file, default_root=default_params.parent, light=True)

@@ -31,7 +31,7 @@ from retrain_pipeline.arguments import (
     host_argument,
     port_argument,
 )
-from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline.config import PROJECT_PARAMS, Settings, load_settings, params_for_command
 from retrain_pipeline.errors import PipelineError
 from retrain_pipeline.reporting import render_status
 from retrain_pipeline.state import PipelineState, next_batch_number
@@ -130,7 +130,7 @@ def _restore_data(settings: Settings, args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--params", default="params.yaml", help="params file (default: ./params.yaml)")
+    common.add_argument("--params", help="params file (default: the project's params.yaml)")
     parser = argparse.ArgumentParser(prog="python -m retrain_pipeline.cli")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        settings = load_settings(args.params, light=args.light)
+        params = params_for_command(args.params)
+        settings = load_settings(params, default_root=PROJECT_PARAMS.parent, light=args.light)
         return int(args.func(settings, args))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -42,7 +42,7 @@ import yaml
 
 from retrain_pipeline import services
 from retrain_pipeline.arguments import host_argument, port_argument
-from retrain_pipeline.config import Settings, load_settings, redact_url
+from retrain_pipeline.config import PROJECT_PARAMS, Settings, load_settings, params_for_command, redact_url
 from retrain_pipeline.errors import ClusterError, PipelineError
 from retrain_pipeline.fileio import write_text_atomic
 from retrain_pipeline.postgres import LocalPostgres
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m retrain_pipeline.cluster", description=__doc__.splitlines()[0]
     )
     parser.add_argument("command", choices=("start", "stop", "status", "env"))
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", help="params file (default: the project's params.yaml)")
     parser.add_argument("--host", type=host_argument, default=None)
     parser.add_argument("--postgres-port", type=port_argument, default=None)
     parser.add_argument("--prefect-port", type=port_argument, default=None)
@@ -409,7 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        settings = load_settings(args.params, light=True)
+        settings = load_settings(
+            params_for_command(args.params), default_root=PROJECT_PARAMS.parent, light=True
+        )
         overrides = {
             "host": args.host,
             "postgres": args.postgres_port,

@@ -561,6 +561,21 @@ def resolve_params_file(given: str | None, default_params: Path) -> Path | None:
     return default_params if default_params.is_file() else None
 
 
+#: ``params.yaml`` of the project this code runs from (the folder that holds ``src/`` and
+#: ``flows/``): what a command uses when it is given no params file.
+PROJECT_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+
+
+def params_for_command(given: str | None, default_params: Path = PROJECT_PARAMS) -> Path | None:
+    """The params file of a command line: ``--params`` as typed (a relative path from the
+    current folder), else the flow's rule (:func:`resolve_params_file`): ``RETRAIN_PARAMS``,
+    else ``default_params`` if it exists, else None (the built-in defaults). Every entry point
+    (the flow, cli, services, cluster, setup_deployment) finds its params file this way."""
+    if given:
+        return Path(given).expanduser().resolve()
+    return resolve_params_file(None, default_params)
+
+
 def load_settings(
     params_file: Path | str | None, default_root: Path | None = None, *, light: bool = False
 ) -> Settings:

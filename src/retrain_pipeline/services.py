@@ -36,7 +36,13 @@ from retrain_pipeline.arguments import (
     host_argument,
     port_argument,
 )
-from retrain_pipeline.config import AutomationConfig, Settings, load_settings
+from retrain_pipeline.config import (
+    PROJECT_PARAMS,
+    AutomationConfig,
+    Settings,
+    load_settings,
+    params_for_command,
+)
 from retrain_pipeline.errors import PipelineError, ServiceError
 from retrain_pipeline.fileio import write_text_atomic
 
@@ -429,7 +435,7 @@ def _tail(log_file: Path, offset: int, lines: int = 30) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--params", default="params.yaml")
+    common.add_argument("--params", help="params file (default: the project's params.yaml)")
     common.add_argument("--prefect-host", type=host_argument, default=DEFAULT_HOST)
     common.add_argument("--prefect-port", type=port_argument, default=DEFAULT_PREFECT_PORT)
     common.add_argument("--mlflow-host", type=host_argument, default=DEFAULT_HOST)
@@ -448,7 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        settings = load_settings(args.params, light=True)
+        settings = load_settings(
+            params_for_command(args.params), default_root=PROJECT_PARAMS.parent, light=True
+        )
         endpoints = Endpoints(args.prefect_host, args.prefect_port, args.mlflow_host, args.mlflow_port)
         if args.command == "start":
             for name in args.names:

@@ -776,3 +776,22 @@ HEAVY_MODULES = ("sklearn", "prefect", "mlflow", "pandas")
 def test_light_modules_import_no_heavy_library(tmp_path: Path, module: str) -> None:
     code = f"import sys, {module}\nprint(sorted(name for name in {HEAVY_MODULES!r} if name in sys.modules))"
     assert run_python(code, cwd=tmp_path).strip() == "[]"
+
+
+def test_every_command_finds_its_params_file_one_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrain_pipeline.config import PARAMS_ENV, params_for_command
+
+    project = tmp_path / "project"
+    project.mkdir()
+    default = project / "params.yaml"
+    monkeypatch.delenv(PARAMS_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    # As typed: relative to the current folder, even when it does not exist (load_settings says so).
+    assert params_for_command("other/params.yaml", default) == tmp_path / "other" / "params.yaml"
+    # Not given: the project's file only when it exists, else the built-in defaults (None).
+    assert params_for_command(None, default) is None
+    default.write_text("{}\n", encoding="utf-8")
+    assert params_for_command(None, default) == default
+    # A worker's own params file wins over the project's (RETRAIN_PARAMS, relative to the project).
+    monkeypatch.setenv(PARAMS_ENV, "worker/params.yaml")
+    assert params_for_command(None, default) == project / "worker" / "params.yaml"
