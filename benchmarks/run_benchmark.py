@@ -1332,26 +1332,7 @@ def render_cold_start(cold: Json, summary: Json) -> list[str]:
         "deployment run: trigger → the flow run starts (worker poll, `prefect.engine` start)",
         "deployment_trigger_to_start_s",
     )
-    scheduled = cold["scheduled_runs"]
-    if summary["tick_to_completed_s"] is None:
-        reason = scheduled.get("skipped") or f"none of {scheduled['wanted']} scheduled runs counted"
-        lines.append(
-            (
-                "cron tick → COMPLETED of a scheduled run, worker idle",
-                f"not measured: {reason}",
-                "-",
-                f"<= {MAX_TICK_TO_COMPLETED_S:.2f} s",
-                "-",
-            )
-        )
-    else:
-        add(
-            "cron tick → COMPLETED of a scheduled run (expected start → end), worker idle",
-            "tick_to_completed_s",
-            MAX_TICK_TO_COMPLETED_S,
-        )
-        add("cron tick → the scheduled run starts", "tick_to_start_s")
-        add("scheduled run: the flow run's start → end", "tick_flow_run_s")
+    lines += _scheduled_rows(cold, summary, add)
     add(
         f"CLI, one {rows_per_batch}-row batch, the project's services up (whole process)",
         "cli_with_services_s",
@@ -1362,11 +1343,50 @@ def render_cold_start(cold: Json, summary: Json) -> list[str]:
         "cli_without_services_s",
         MAX_CLI_WITHOUT_SERVICES_S,
     )
-    services = cold["services"]
+    return [
+        f"## Cold start ({rows_per_batch} rows per batch; fresh processes, the benchmark's own services)",
+        "",
+        f"This section took {cold['section_s']:.0f} s.",
+        "",
+        *_table(("what", "seconds (median)", "each run", "target", "result"), lines),
+        _services_note(cold["services"]),
+        "",
+    ]
+
+
+def _scheduled_rows(
+    cold: Json, summary: Json, add: Callable[..., None]
+) -> list[tuple[str, str, str, str, str]]:
+    """The scheduled runs' rows, added through ``add``; or, when none counted, the one row
+    saying why (returned)."""
+    scheduled = cold["scheduled_runs"]
+    if summary["tick_to_completed_s"] is None:
+        reason = scheduled.get("skipped") or f"none of {scheduled['wanted']} scheduled runs counted"
+        return [
+            (
+                "cron tick → COMPLETED of a scheduled run, worker idle",
+                f"not measured: {reason}",
+                "-",
+                f"<= {MAX_TICK_TO_COMPLETED_S:.2f} s",
+                "-",
+            )
+        ]
+    add(
+        "cron tick → COMPLETED of a scheduled run (expected start → end), worker idle",
+        "tick_to_completed_s",
+        MAX_TICK_TO_COMPLETED_S,
+    )
+    add("cron tick → the scheduled run starts", "tick_to_start_s")
+    add("scheduled run: the flow run's start → end", "tick_flow_run_s")
+    return []
+
+
+def _services_note(services: Json) -> str:
+    """Which services the cold-start section ran, how long they took to start and stop."""
     started = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in services["start_s"].items())
     deployed = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in services["deploy_s"].items())
     left = services["leftover_processes"]
-    notes = (
+    return (
         f"The benchmark's own services for the project `{services['project']}`: Prefect API "
         f"{services['prefect_api']}, MLflow {services['mlflow_uri']}, pid and log files in "
         f"`{services['services_folder']}`, Prefect's home `{services['prefect_home']}`. Started in: "
@@ -1378,15 +1398,6 @@ def render_cold_start(cold: Json, summary: Json) -> list[str]:
         + (", ".join(f"{p['pid']} ({p['command']})" for p in left) + " (ended)" if left else "none")
         + "."
     )
-    return [
-        f"## Cold start ({rows_per_batch} rows per batch; fresh processes, the benchmark's own services)",
-        "",
-        f"This section took {cold['section_s']:.0f} s.",
-        "",
-        *_table(("what", "seconds (median)", "each run", "target", "result"), lines),
-        notes,
-        "",
-    ]
 
 
 def render_per_batch(sizes: dict[str, Json]) -> list[str]:
@@ -1494,8 +1505,9 @@ def where_the_time_goes(sizes: dict[str, Json]) -> list[str]:
     return ["## Where the time goes", "", " ".join(sentences), ""]
 
 
-def render_memory(memory: dict[str, Json]) -> list[str]:
-    cli_rows = [
+def _cli_memory_table(memory: dict[str, Json]) -> list[str]:
+    """The CLI process's peak per size, against the training data of its batch."""
+    rows = [
         (
             name,
             _mib(m["cli_data_bytes"]),
@@ -1505,13 +1517,17 @@ def render_memory(memory: dict[str, Json]) -> list[str]:
         )
         for name, m in memory.items()
     ]
-    cli_header = (
+    header = (
         "size",
         "training data of the CLI's batch",
         "CLI process peak RSS",
         "peak/data",
         "(peak - small-size CLI peak)/data",
     )
+    return _table(header, rows)
+
+
+def render_memory(memory: dict[str, Json]) -> list[str]:
     rows = [
         (
             name,
@@ -1551,7 +1567,7 @@ def render_memory(memory: dict[str, Json]) -> list[str]:
         "",
         "### The CLI process (one batch, as users run it)",
         "",
-        *_table(cli_header, cli_rows),
+        *_cli_memory_table(memory),
         "### The benchmark's in-process workers (every batch of every size in one process)",
         "",
         *_table(header, rows),

@@ -28,6 +28,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
 from retrain_pipeline import tracking
+from retrain_pipeline.api_server import TemporaryApiServer
 from retrain_pipeline.api_server import started as started_api_server
 from retrain_pipeline.arguments import batch_argument
 from retrain_pipeline.batch_manager import choose_batch, pause_schedule, record_batch
@@ -189,21 +190,25 @@ def _process_batch(
     promoted_version = committed.record.model_version if committed.record.promoted else None
     tag_and_promote(settings, committed.run_id, promoted_version, committed.model_file)
     publish_reports(settings, committed.state, committed.run_id, committed.report, n)
-    if committed.record.trained is False:
-        message = f"batch {n}: accepted without training ({committed.record.skip_reason})"
+    return _completed(n, committed.record)
+
+
+def _completed(n: int, record: BatchRecord) -> Outcome:
+    """The outcome of a completed batch: trained (promoted or not) or accepted untrained."""
+    if record.trained is False:
+        message = f"batch {n}: accepted without training ({record.skip_reason})"
     else:
-        message = f"batch {n}: model v{committed.record.model_version} " + (
-            "promoted to champion" if committed.record.promoted else "not promoted"
-        )
+        verdict = "promoted to champion" if record.promoted else "not promoted"
+        message = f"batch {n}: model v{record.model_version} {verdict}"
     return _outcome(
         "completed",
         n,
         message,
-        trained=committed.record.trained,
-        model_version=committed.record.model_version,
-        promoted=committed.record.promoted,
-        metrics=committed.record.metrics,
-        drift=committed.record.drift.dataset_drift if committed.record.drift else None,
+        trained=record.trained,
+        model_version=record.model_version,
+        promoted=record.promoted,
+        metrics=record.metrics,
+        drift=record.drift.dataset_drift if record.drift else None,
     )
 
 
@@ -360,6 +365,24 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _wait_for_temporary_api(server: TemporaryApiServer, settings: Settings) -> str | None:
+    """Import the run's libraries while Prefect's temporary API server boots, then its URL;
+    None (after one ``error:`` line) when it does not answer or exits."""
+    import_run_libraries(settings.mlflow.tracking_uri)
+    try:
+        return server.wait()
+    except TemporaryApiTimeoutError as exc:
+        if exc.exit_code is None:
+            print(f"error: {temporary_api_unreachable(exc.waited_s)}", file=sys.stderr)
+        else:
+            print(
+                f"error: Prefect's temporary API server exited with code {exc.exit_code} while "
+                "starting (its messages are above)",
+                file=sys.stderr,
+            )
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     quiet_temporary_server_notices()
@@ -378,18 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     api_url = running.get("prefect")
     temporary_api = started_api_server()
     if api_url is None and temporary_api is not None:
-        import_run_libraries(settings.mlflow.tracking_uri)  # while the server boots
-        try:
-            api_url = temporary_api.wait()
-        except TemporaryApiTimeoutError as exc:
-            if exc.exit_code is None:
-                print(f"error: {temporary_api_unreachable(exc.waited_s)}", file=sys.stderr)
-            else:
-                print(
-                    f"error: Prefect's temporary API server exited with code {exc.exit_code} while "
-                    "starting (its messages are above)",
-                    file=sys.stderr,
-                )
+        api_url = _wait_for_temporary_api(temporary_api, settings)
+        if api_url is None:
             return 1
     with one_off_run_settings(prefect_home(settings), api_url):
         while True:
