@@ -38,6 +38,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from retrain_pipeline import services
@@ -343,19 +344,16 @@ def cluster_processes(folder: Path, spare_groups: frozenset[int] | set[int] = fr
     """Live processes whose environment marks them as started by the cluster in ``folder``
     (flow runs included: a process worker starts each in a session of its own), except
     those in ``spare_groups``."""
-    marker = f"{CLUSTER_ENV}={folder}".encode()
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    for process in psutil.process_iter(["status"]):
+        if process.pid == os.getpid() or process.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         try:
-            environ = (entry / "environ").read_bytes()
-            stat = (entry / "stat").read_text()
-        except OSError:
+            marked = process.environ().get(CLUSTER_ENV) == str(folder)
+            if marked and os.getpgid(process.pid) not in spare_groups:
+                found.append(process.pid)
+        except (OSError, psutil.Error):  # ended meanwhile, or not ours to read
             continue
-        fields = stat.rsplit(")", 1)[1].split()  # state ppid pgrp ...
-        if marker in environ.split(b"\0") and fields[0] != "Z" and int(fields[2]) not in spare_groups:
-            found.append(int(entry.name))
     return found
 
 

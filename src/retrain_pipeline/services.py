@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from retrain_pipeline import tracking
 from retrain_pipeline.arguments import (
     DEFAULT_HOST,
@@ -75,7 +77,7 @@ class ServiceSpec:
     url: str
     ready: Callable[[str], bool]  # given what the service logged since this start
     stop_signal: signal.Signals
-    marker: str  # must appear in /proc/<pid>/cmdline: guards against a reused pid
+    marker: str  # must appear in the process's command line: guards against a reused pid
     cwd: Path | None = None  # default: the project folder
 
 
@@ -254,12 +256,12 @@ def _log_file(settings: Settings, name: str, folder: Path | None = None) -> Path
 
 
 def _alive(pid: int, marker: str) -> bool:
+    """The process ``pid`` runs, is not a zombie, and its command line holds ``marker``."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
+        process = psutil.Process(pid)
+        return marker in " ".join(process.cmdline()) and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    return marker in cmdline and "State:\tZ" not in status
 
 
 def recorded(settings: Settings, name: str, folder: Path | None = None) -> dict[str, object] | None:
@@ -402,17 +404,13 @@ def _stop_group(pid: int, stop_signal: signal.Signals, timeout: float) -> str:
 
 
 def _group_alive(pgid: int) -> bool:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    """Any live (not zombie) process in the process group ``pgid``."""
+    for process in psutil.process_iter(["status"]):
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (OSError, psutil.Error):
             continue
-        # fields after the command name: state ppid pgrp ...
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
     return False
 
 
