@@ -403,9 +403,9 @@ def _baseline_data(run: BaselineRun, n: int, timer: StepTimer) -> Any:
 
 
 def _baseline_drift_check(run: BaselineRun, batch: Any, n: int) -> None:
-    """The flow's monitoring step: the batch against the champion's training data, and the
-    champion's score on the batch."""
-    from retrain_pipeline import data, drift, model, monitoring
+    """The flow's monitoring step, through the same plain functions: the batch against the
+    champion's training data, and the champion's score on the batch."""
+    from retrain_pipeline import data, monitoring
 
     if run.champion is None or run.champion_batch is None or run.features is None:
         return
@@ -414,11 +414,17 @@ def _baseline_drift_check(run: BaselineRun, batch: Any, n: int) -> None:
     reference = [*data.training_window(earlier, cfg.window_batches), run.champion_batch]
     seed = run.settings.evaluation.split_seed + n
     files = [run.batch_file(k) for k in reference]
-    frame, _ = monitoring.read_reference(files, run.features, config.sample_rows, seed)
-    drift.detect_drift(frame, batch, run.features, config.drift_rules(), seed=seed)
-    if len(batch) > config.sample_rows:
-        batch = batch.sample(n=config.sample_rows, random_state=seed)
-    model.evaluate_model(run.champion, batch[run.features], batch[cfg.target_column], cfg.classes[1])
+    monitoring.drift_against(files, batch, run.features, config, seed)
+    monitoring.score_on_batch(
+        run.champion,
+        batch,
+        features=run.features,
+        target_column=cfg.target_column,
+        positive_label=cfg.classes[1],
+        metric=run.settings.evaluation.primary_metric,
+        sample_rows=config.sample_rows,
+        seed=seed,
+    )
 
 
 def _baseline_model(run: BaselineRun, parts: Any, n: int, timer: StepTimer) -> None:

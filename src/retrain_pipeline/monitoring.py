@@ -18,6 +18,7 @@ in the flow. The statistics are in :mod:`retrain_pipeline.drift`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,6 +72,39 @@ def read_reference(
     return pa.concat_tables(tables).to_pandas(), total
 
 
+def drift_against(
+    files: Sequence[Path],
+    batch: pd.DataFrame,
+    features: Sequence[str],
+    config: MonitoringConfig,
+    seed: int,
+) -> drift.DriftReport:
+    """The batch against the reference batches' processed ``files``, read and sampled file by
+    file (:func:`read_reference`); the report counts the reference's rows before sampling."""
+    frame, rows = read_reference(files, features, config.sample_rows, seed)
+    report = drift.detect_drift(frame, batch, features, config.drift_rules(), seed=seed)
+    return dataclasses.replace(report, reference_rows=rows, reference_sampled=rows > len(frame))
+
+
+def score_on_batch(
+    champion: object,
+    batch: pd.DataFrame,
+    *,
+    features: Sequence[str],
+    target_column: str,
+    positive_label: int | str,
+    metric: str,
+    sample_rows: int | None = None,
+    seed: int = 0,
+) -> float | None:
+    """``champion``'s ``metric`` on the batch (a seeded uniform sample of ``sample_rows`` rows
+    when it is larger); ValueError or KeyError when it cannot score these columns."""
+    if sample_rows is not None and len(batch) > sample_rows:
+        batch = batch.sample(n=sample_rows, random_state=seed)
+    scores = model.evaluate_model(champion, batch[list(features)], batch[target_column], positive_label)
+    return _finite(scores.get(metric))
+
+
 @dataclass(frozen=True)
 class ChampionScore:
     """The champion's primary metric when it was trained and on the new batch."""
@@ -95,18 +129,24 @@ def champion_score(
     sample_rows: int | None = None,
     seed: int = 0,
 ) -> ChampionScore:
-    """Score ``champion`` on the new batch (a seeded uniform sample of ``sample_rows`` rows
-    when it is larger); its promotion-time score from the state."""
-    if sample_rows is not None and len(batch) > sample_rows:
-        batch = batch.sample(n=sample_rows, random_state=seed)
+    """:func:`score_on_batch`, beside the champion's promotion-time score from the state."""
     batch_number = state.batch_of_version(version)
     record = state.record(batch_number) if batch_number is not None else None
     at_promotion = _finite((record.metrics or {}).get(metric)) if record else None
     try:
-        scores = model.evaluate_model(champion, batch[list(features)], batch[target_column], positive_label)
+        on_batch = score_on_batch(
+            champion,
+            batch,
+            features=features,
+            target_column=target_column,
+            positive_label=positive_label,
+            metric=metric,
+            sample_rows=sample_rows,
+            seed=seed,
+        )
     except (ValueError, KeyError) as exc:  # e.g. trained on other feature columns
         return ChampionScore(version, metric, at_promotion, None, str(exc))
-    return ChampionScore(version, metric, at_promotion, _finite(scores.get(metric)))
+    return ChampionScore(version, metric, at_promotion, on_batch)
 
 
 def _finite(value: float | None) -> float | None:
@@ -120,10 +160,8 @@ def drift_record(
     score: ChampionScore | None,
     *,
     note: str | None = None,
-    reference_rows: int = 0,
 ) -> DriftRecord:
-    """The ``drift`` section of the batch's state record. ``note`` says why there is no
-    report; ``reference_rows`` counts the reference before sampling."""
+    """The ``drift`` section of the batch's state record. ``note`` says why there is no report."""
     decay = None
     if score is not None and score.at_promotion is not None and score.on_batch is not None:
         decay = score.at_promotion - score.on_batch > config.decay_tolerance + 1e-12
@@ -142,7 +180,7 @@ def drift_record(
             if c.drifted
         ],
         reference_batches=list(reference),
-        reference_rows=max(reference_rows, report.reference_rows) if report else reference_rows,
+        reference_rows=report.reference_rows if report else 0,
         current_rows=report.current_rows if report else 0,
         note=note if not checked else None,
         champion_version=score.version if score else None,

@@ -3,7 +3,6 @@ to train it. Thin wrapper: the logic lives in :mod:`retrain_pipeline.monitoring`
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -81,15 +80,12 @@ def _drift_report(
     reference: list[int],
     features: list[str],
 ) -> drift.DriftReport:
-    """The batch against the reference batches' processed files (fetched from the DVC remote
-    when missing here); ``reference_rows`` counts the reference before sampling."""
-    cfg, n = settings.monitoring, training.batch_number
+    """:func:`monitoring.drift_against` the reference batches' processed files, fetched from
+    the DVC remote first when missing here."""
     restore_processed_batches(settings, state, reference)
     files = [settings.processed_batch_file(k) for k in reference]
-    seed = settings.evaluation.split_seed + n
-    frame, rows = monitoring.read_reference(files, features, cfg.sample_rows, seed)
-    report = drift.detect_drift(frame, training.batch_frame, features, cfg.drift_rules(), seed=seed)
-    return dataclasses.replace(report, reference_rows=rows, reference_sampled=rows > len(frame))
+    seed = settings.evaluation.split_seed + training.batch_number
+    return monitoring.drift_against(files, training.batch_frame, features, settings.monitoring, seed)
 
 
 def _log_summary(record: DriftRecord, decision: monitoring.RetrainDecision, batch_number: int) -> None:

@@ -3,6 +3,7 @@ decay, the drift record and the retraining decision; the monitoring params."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -101,7 +102,10 @@ def test_drift_record_keeps_only_the_drifted_columns_and_the_figures() -> None:
     config = MonitoringConfig()
     report = report_for(shift=2.0)
     score = monitoring.ChampionScore("3", "f1", 0.9, 0.7)
-    record = monitoring.drift_record(config, report, [1, 2], score, reference_rows=123_456)
+    # A reference sampled before the tests: the report counts its rows before sampling.
+    record = monitoring.drift_record(
+        config, dataclasses.replace(report, reference_rows=123_456), [1, 2], score
+    )
     assert record.dataset_drift is True and record.drift_share == 0.75 and record.columns_tested == 4
     assert [c.column for c in record.drifted_columns] == ["c0", "c1", "c2"]
     assert all(c.method == "ks" for c in record.drifted_columns)
