@@ -41,6 +41,10 @@ def _prefect_ui(settings: Settings) -> str:
     return api.removesuffix("/api") if api else f"http://{DEFAULT_HOST}:{DEFAULT_PREFECT_PORT}"
 
 
+def _mlflow_run_link(settings: Settings, experiment_id: str | None, run_id: str | None) -> str | None:
+    return f"{_mlflow_ui(settings)}/#/experiments/{experiment_id}/runs/{run_id}" if run_id else None
+
+
 def _flow_run_link(settings: Settings, flow_run_id: str | None) -> str | None:
     return f"{_prefect_ui(settings)}/runs/flow-run/{flow_run_id}" if flow_run_id else None
 
@@ -77,7 +81,6 @@ def lineage(settings: Settings, *, batch: int | None = None, version: str | None
         version = record.model_version
         info = tracking.version_info(settings.mlflow, version)
     run_id = info.run_id
-    link = f"{_mlflow_ui(settings)}/#/experiments/{info.experiment_id}/runs/{run_id}" if run_id else None
     flow_run_id = info.tags.get(tracking.FLOW_RUN_TAG)
     return {
         "batch": batch,
@@ -88,7 +91,7 @@ def lineage(settings: Settings, *, batch: int | None = None, version: str | None
         "is_champion": state.champion_version == version,
         "is_batch_latest_model": bool(record and record.model_version == version),
         "mlflow_run_id": run_id,
-        "mlflow_run_link": link,
+        "mlflow_run_link": _mlflow_run_link(settings, info.experiment_id, run_id),
         "data_md5": info.tags.get(tracking.DATA_MD5_TAG),
         "data_in_dvc_cache": _cache_state(settings, info.tags.get(tracking.DATA_MD5_TAG)),
         "model_md5": info.tags.get(tracking.MODEL_MD5_TAG),
@@ -118,9 +121,7 @@ def _untrained_lineage(
         "is_champion": False,
         "is_batch_latest_model": True,
         "mlflow_run_id": run_id,
-        "mlflow_run_link": f"{_mlflow_ui(settings)}/#/experiments/{experiment_id}/runs/{run_id}"
-        if run_id
-        else None,
+        "mlflow_run_link": _mlflow_run_link(settings, experiment_id, run_id),
         "data_md5": record.data_md5,
         "data_in_dvc_cache": _cache_state(settings, record.data_md5),
         "model_md5": None,

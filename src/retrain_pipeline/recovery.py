@@ -41,43 +41,34 @@ def _int(value: str | None) -> int | None:
 def record_from_run(run: BatchRun, attempts: int) -> BatchRecord:
     """The completed record of a batch as its MLflow run describes it (the drift section stays
     in the run's ``drift_report.json``)."""
-    if run.tags.get(TRAINED_TAG) == "false":  # accepted without training (monitoring)
-        return BatchRecord(
-            status="completed",
-            started_at=_iso(run.start_time_ms) or "",
-            finished_at=_iso(run.end_time_ms),
-            attempts=attempts,
-            rows=_int(run.params.get("batch_rows")),
-            training_rows_total=_int(run.params.get("training_rows_total")),
-            mlflow_run_id=run.run_id,
-            data_md5=run.tags.get(DATA_MD5_TAG),
-            prefect_flow_run_id=run.tags.get(FLOW_RUN_TAG),
-            trained=False,
-            skip_reason=run.tags.get(SKIP_REASON_TAG),
-        )
-    metrics = {name: run.metrics.get(name) for name in METRIC_NAMES}
-    champion: dict[str, float | None] = {
-        name: run.metrics[f"champion_{name}"] for name in METRIC_NAMES if f"champion_{name}" in run.metrics
-    }
-    promoted = run.metrics.get("promoted")
-    return BatchRecord(
+    committed = BatchRecord(
         status="completed",
         started_at=_iso(run.start_time_ms) or "",
         finished_at=_iso(run.end_time_ms),
         attempts=attempts,
         rows=_int(run.params.get("batch_rows")),
-        train_rows=_int(run.params.get("train_rows")),
-        holdout_rows=_int(run.params.get("holdout_rows")),
         training_rows_total=_int(run.params.get("training_rows_total")),
-        metrics=metrics,
-        champion_metrics=champion or None,
-        promoted=None if promoted is None else promoted == 1.0,
-        promotion_reason=run.tags.get(DECISION_TAG),
         mlflow_run_id=run.run_id,
-        model_version=run.model_version,
         data_md5=run.tags.get(DATA_MD5_TAG),
-        model_md5=run.tags.get(MODEL_MD5_TAG),
         prefect_flow_run_id=run.tags.get(FLOW_RUN_TAG),
+    )
+    if run.tags.get(TRAINED_TAG) == "false":  # accepted without training (monitoring)
+        return committed.model_copy(update={"trained": False, "skip_reason": run.tags.get(SKIP_REASON_TAG)})
+    champion: dict[str, float | None] = {
+        name: run.metrics[f"champion_{name}"] for name in METRIC_NAMES if f"champion_{name}" in run.metrics
+    }
+    promoted = run.metrics.get("promoted")
+    return committed.model_copy(
+        update={
+            "train_rows": _int(run.params.get("train_rows")),
+            "holdout_rows": _int(run.params.get("holdout_rows")),
+            "metrics": {name: run.metrics.get(name) for name in METRIC_NAMES},
+            "champion_metrics": champion or None,
+            "promoted": None if promoted is None else promoted == 1.0,
+            "promotion_reason": run.tags.get(DECISION_TAG),
+            "model_version": run.model_version,
+            "model_md5": run.tags.get(MODEL_MD5_TAG),
+        }
     )
 
 

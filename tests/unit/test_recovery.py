@@ -81,3 +81,24 @@ def test_rejections_come_from_the_quarantine(tmp_path: Path) -> None:
 def test_nothing_to_rebuild_gives_an_empty_state(tmp_path: Path) -> None:
     state = rebuild_state([], rejected_from_quarantine(tmp_path / "missing"), None)
     assert state.batches == {} and state.processed_batches == [] and state.champion_version is None
+
+
+def test_a_run_accepted_without_training_rebuilds_as_untrained() -> None:
+    run = BatchRun(
+        run_id="run-4",
+        batch_number=4,
+        start_time_ms=1_700_000_000_000,
+        end_time_ms=1_700_000_002_000,
+        params={"batch_rows": "50", "training_rows_total": "200"},
+        metrics={"drift_share": 0.1, "champion_score_on_batch": 0.9},
+        tags={"data_md5": "d4", "prefect_flow_run_id": "fr", "trained": "false", "skip_reason": "no drift"},
+        model_version=None,
+    )
+
+    record = record_from_run(run, attempts=1)
+
+    assert record.status == "completed" and record.trained is False and record.skip_reason == "no drift"
+    assert (record.rows, record.training_rows_total, record.data_md5) == (50, 200, "d4")
+    assert record.model_version is None and record.metrics is None and record.promoted is None
+    state = rebuild_state([_run(3, 1, "1"), run], {}, "1")
+    assert state.processed_batches == [3, 4] and state.batches["4"].trained is False
