@@ -497,9 +497,20 @@ def expected_features(config: DataConfig, first: FirstBatch | None, frame: pd.Da
     return [c for c in names if c not in (config.target_column, SPLIT_COLUMN)]
 
 
+def require_processed_file(path: Path, batch_number: int) -> Path:
+    """``path``, the processed file of accepted batch ``batch_number``; StateError when missing."""
+    if not path.is_file():
+        raise StateError(
+            f"processed data of accepted batch {batch_number} is missing ({path}); "
+            f"restore it (dvc checkout) or retrain batch {batch_number} with --force"
+        )
+    return path
+
+
 def read_processed_batch(path: Path, batch_number: int, columns: pd.Index) -> pd.DataFrame:
-    """An accepted batch's processed file; StateError when its columns are not ``columns``."""
-    frame = pd.read_parquet(path)
+    """An accepted batch's processed file; StateError when it is missing or its columns are
+    not ``columns``."""
+    frame = pd.read_parquet(require_processed_file(path, batch_number))
     if list(frame.columns) != list(columns):
         raise StateError(
             f"accepted batch {batch_number} has columns {list(frame.columns)} but the current "

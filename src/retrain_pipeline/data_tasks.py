@@ -102,7 +102,7 @@ def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInp
         batch_number=n,
         source=batch.source,
         first=first,
-        earlier={k: _processed_path(settings, k) for k in earlier},
+        earlier={k: settings.processed_batch_file(k) for k in earlier},  # checked as each is read
     )
     data.write_processed_batch(merged.split, settings.processed_batch_file(n), merged.kinds)
     return TrainingData(
@@ -115,13 +115,7 @@ def _processed_path(settings: Settings, batch_number: int) -> Path:
 
     ``validate_and_merge`` has fetched missing files from the DVC remote (if any) before.
     """
-    path = settings.processed_batch_file(batch_number)
-    if not path.is_file():
-        raise StateError(
-            f"processed data of accepted batch {batch_number} is missing ({path}); "
-            f"restore it (dvc checkout) or retrain batch {batch_number} with --force"
-        )
-    return path
+    return data.require_processed_file(settings.processed_batch_file(batch_number), batch_number)
 
 
 def restore_processed_batches(settings: Settings, state: PipelineState, batches: Sequence[int]) -> list[int]:
