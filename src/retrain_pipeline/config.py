@@ -197,7 +197,10 @@ class ModelConfig(_Section):
             raise ValueError("set model.random_state, not model.hyperparameters.random_state")
         try:
             instance.set_params(**value)
-            validate = getattr(instance, "_validate_params", None)  # sklearn's own checks
+            # sklearn's own value checks, the ones fit() runs first. Private, feature-detected on
+            # purpose: sklearn has no public way to check values without data (fit would need a
+            # dataset, and a tiny one fails for reasons of its own). Without it, fit reports them.
+            validate = getattr(instance, "_validate_params", None)
             if validate is not None:
                 validate()
         except (TypeError, ValueError) as exc:

@@ -1,27 +1,23 @@
 """Prefect tasks for data: set up, load, validate and merge a batch, quarantine, version.
 
-Thin wrappers: the logic lives in :mod:`retrain_pipeline.data`, ``project`` and ``versioning``,
-and in the plain functions here that restore processed batches from the DVC remote.
+Thin wrappers: the logic lives in :mod:`retrain_pipeline.data`, ``manifests`` and ``versioning``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from retrain_pipeline import data, versioning
-from retrain_pipeline.config import Settings, redact_url
-from retrain_pipeline.errors import DataValidationError, StateError, VersioningError
-from retrain_pipeline.fileio import atomic_path, dump_joblib_atomic, md5_file, write_text_atomic
+from retrain_pipeline import data, manifests, versioning
+from retrain_pipeline.config import Settings
+from retrain_pipeline.errors import DataValidationError
+from retrain_pipeline.fileio import dump_joblib_atomic, write_text_atomic
 from retrain_pipeline.state import PipelineState, utc_now
 
 logger = logging.getLogger(__name__)
@@ -93,7 +89,7 @@ def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInp
     cfg, n = settings.data, batch.batch_number
     accepted = [k for k in state.accepted_batches(up_to=n) if k != n]
     earlier = data.training_window(accepted, cfg.window_batches)
-    restore_processed_batches(settings, state, sorted({*accepted[:1], *earlier}))
+    manifests.restore_processed_batches(settings, state, sorted({*accepted[:1], *earlier}))
     first = data.read_first_batch(_processed_path(settings, accepted[0]), accepted[0]) if accepted else None
     merged = data.validate_and_merge_batch(
         batch.frame,
@@ -116,97 +112,6 @@ def _processed_path(settings: Settings, batch_number: int) -> Path:
     ``validate_and_merge`` has fetched missing files from the DVC remote (if any) before.
     """
     return data.require_processed_file(settings.processed_batch_file(batch_number), batch_number)
-
-
-def restore_processed_batches(settings: Settings, state: PipelineState, batches: Sequence[int]) -> list[int]:
-    """Fetch the processed files of accepted ``batches`` that are missing here from the DVC remote.
-
-    A worker on a fresh clone has the shared state but not the files. Batch k's file is found
-    through its training-data manifest, the object whose md5 is the state's ``data_md5`` of
-    batch k, which lists the md5 of batch k's file. Two DVC fetches in all, whatever the
-    number of batches (the manifests, then the files); every object is checked against its
-    md5 and each file is written into place atomically. Does nothing without
-    ``stores.dvc_remote`` or when no file is missing (``_processed_path`` then reports a
-    missing file). Returns the batches restored.
-    """
-    remote = settings.stores.dvc_remote
-    missing = [k for k in batches if not settings.processed_batch_file(k).is_file()]
-    if remote is None or not missing:
-        return []
-    manifests = {k: _manifest_md5(settings, state, k) for k in missing}
-    absent = versioning.fetch(settings.root, remote, manifests.values())
-    files: dict[int, str] = {}
-    for k, md5 in manifests.items():
-        if md5 in absent:
-            raise _not_in_remote(settings, k, md5, "its training-data manifest")
-        files[k] = _listed_md5(settings, k, md5)
-    absent = versioning.fetch(settings.root, remote, files.values())
-    for k, md5 in files.items():
-        if md5 in absent:
-            raise _not_in_remote(settings, k, md5, "its processed file")
-        _write_from_cache(settings, k, md5)
-    logger.info("Restored the processed data of batch(es) %s from DVC remote %s", missing, redact_url(remote))
-    return missing
-
-
-def _manifest_md5(settings: Settings, state: PipelineState, batch_number: int) -> str:
-    record = state.record(batch_number)
-    if record is None or not record.data_md5:
-        path = settings.processed_batch_file(batch_number)
-        raise StateError(
-            f"processed data of accepted batch {batch_number} is missing ({path}) and its state record "
-            f"names no training-data manifest to fetch it by; retrain batch {batch_number} with --force"
-        )
-    return record.data_md5
-
-
-def _not_in_remote(settings: Settings, batch_number: int, md5: str, what: str) -> StateError:
-    path = settings.processed_batch_file(batch_number)
-    remote = redact_url(settings.stores.dvc_remote or "")
-    return StateError(
-        f"processed data of accepted batch {batch_number} is missing ({path}) and DVC remote "
-        f"{remote} has no object {md5} ({what}); push it from a machine that has it "
-        f"(dvc push) or retrain batch {batch_number} with --force"
-    )
-
-
-def _listed_md5(settings: Settings, batch_number: int, manifest_md5: str) -> str:
-    """The md5 that batch ``batch_number``'s manifest (in the local cache) lists for its file."""
-    cached = versioning.cached_file(settings.root, manifest_md5)
-    payload = cached.read_bytes()
-    digest = hashlib.md5(payload, usedforsecurity=False).hexdigest()
-    if digest != manifest_md5:
-        raise StateError(
-            f"DVC cache object {cached} (training-data manifest of batch {batch_number}) is corrupt: "
-            f"md5 {digest} != {manifest_md5}; delete it and run again"
-        )
-    try:
-        listed = data.parse_training_manifest(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise StateError(
-            f"DVC object {manifest_md5} of batch {batch_number} is not a training-data manifest "
-            f"({exc}): its processed file cannot be found; retrain batch {batch_number} with --force"
-        ) from exc
-    for entry in listed:
-        if entry.batch == batch_number:
-            return entry.md5
-    raise StateError(
-        f"the training-data manifest {manifest_md5} of batch {batch_number} does not list batch "
-        f"{batch_number}; retrain batch {batch_number} with --force"
-    )
-
-
-def _write_from_cache(settings: Settings, batch_number: int, md5: str) -> None:
-    """Copy the cached object into the batch's processed file, atomically, checking its md5."""
-    cached = versioning.cached_file(settings.root, md5)
-    with atomic_path(settings.processed_batch_file(batch_number)) as tmp:
-        shutil.copyfile(cached, tmp)
-        digest = md5_file(tmp)
-        if digest != md5:
-            raise StateError(
-                f"DVC cache object {cached} (processed data of batch {batch_number}) is corrupt: "
-                f"md5 {digest} != {md5}; delete it and run again"
-            )
 
 
 @task(name="quarantine-batch", cache_policy=NO_CACHE)
@@ -248,29 +153,13 @@ def save_and_version(settings: Settings, training: TrainingData, model: object |
     model_file = settings.model_file(training.batch_number) if model is not None else None
     if model_file is not None:
         dump_joblib_atomic(model, model_file)
-    processed = settings.data.processed_dir
+    manifest = manifests.write_training_manifest(settings, training.batch_number, training.accepted_batches)
     to_track = [training.file, settings.training_manifest_file]
     if model_file is not None:
         to_track.append(model_file)
-    files = []
-    for k in training.accepted_batches:
-        path = settings.processed_batch_file(k)
-        md5 = versioning.recorded_md5(path) if k != training.batch_number else None
-        if md5 is None:
-            md5 = md5_file(path)
-            if path not in to_track:
-                to_track.append(path)
-        rows = pq.read_metadata(path).num_rows
-        files.append(data.BatchFile(k, path.relative_to(processed).as_posix(), md5, rows))
-    manifest = data.training_manifest(training.batch_number, files, settings.data.window_batches)
-    write_text_atomic(settings.training_manifest_file, manifest)
+    to_track += [path for path in manifest.untracked if path not in to_track]
     tracked = versioning.track(settings.root, to_track)
-    expected = {settings.processed_batch_file(f.batch): f.md5 for f in files}
-    for path, md5 in expected.items():
-        if path in tracked and tracked[path] != md5:
-            raise VersioningError(
-                f"{path} changed while it was being versioned (md5 {md5} -> {tracked[path]})"
-            )
+    manifests.check_tracked(settings, manifest.files, tracked)
     if settings.stores.dvc_remote is not None:
         versioning.push(settings.root, to_track)
     model_md5 = tracked[model_file] if model_file is not None else None

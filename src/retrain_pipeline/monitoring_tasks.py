@@ -12,8 +12,9 @@ from prefect.cache_policies import NO_CACHE
 
 from retrain_pipeline import drift, monitoring
 from retrain_pipeline.config import Settings
-from retrain_pipeline.data_tasks import TrainingData, restore_processed_batches
+from retrain_pipeline.data_tasks import TrainingData
 from retrain_pipeline.errors import StateError
+from retrain_pipeline.manifests import restore_processed_batches
 from retrain_pipeline.model_tasks import Champion
 from retrain_pipeline.state import DriftRecord, PipelineState
 

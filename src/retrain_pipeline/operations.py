@@ -4,7 +4,6 @@ restoring the exact training data of a batch from the DVC cache."""
 from __future__ import annotations
 
 import getpass
-import hashlib
 import io
 import json
 import os
@@ -13,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from retrain_pipeline import data, tracking, versioning
+from retrain_pipeline import data, manifests, tracking, versioning
 from retrain_pipeline.arguments import DEFAULT_HOST, DEFAULT_MLFLOW_PORT, DEFAULT_PREFECT_PORT
 from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import StateError
@@ -209,22 +208,18 @@ def restore_data(settings: Settings, batch: int, out: Path | None = None) -> tup
     record = state_store(settings).load().record(batch)
     if record is None or record.status != "completed" or not record.data_md5:
         raise StateError(f"batch {batch} is not completed: it has no training data to restore")
-    payload = _cached_bytes(settings, record.data_md5, f"the training-data manifest of batch {batch}")
+    what = f"the training-data manifest of batch {batch}"
+    payload = manifests.cached_bytes(settings, record.data_md5, what)
     target = out or settings.data.processed_dir / "restored" / f"training_data_batch_{batch}.parquet"
     if payload.startswith(_PARQUET_MAGIC):  # projects from before manifests cached the whole table
         with atomic_path(target) as tmp:
             tmp.write_bytes(payload)
         return target, record.data_md5
-    try:
-        files = data.parse_training_manifest(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise StateError(
-            f"DVC cache object {record.data_md5} of batch {batch} is not a manifest: {exc}"
-        ) from exc
+    files = manifests.parse_listing(payload, record.data_md5, f"batch {batch}")
     if settings.stores.dvc_remote is not None:  # what the cache lacks, in one fetch
         versioning.fetch(settings.root, settings.stores.dvc_remote, [f.md5 for f in files])
     frames = [
-        pd.read_parquet(io.BytesIO(_cached_bytes(settings, f.md5, f"{f.file} (batch {f.batch})")))
+        pd.read_parquet(io.BytesIO(manifests.cached_bytes(settings, f.md5, f"{f.file} (batch {f.batch})")))
         for f in files
     ]
     data.write_parquet_atomic(data.merge_batches(frames), target)
@@ -232,22 +227,3 @@ def restore_data(settings: Settings, batch: int, out: Path | None = None) -> tup
 
 
 _PARQUET_MAGIC = b"PAR1"
-
-
-def _cached_bytes(settings: Settings, md5: str, what: str) -> bytes:
-    """The content DVC cached under ``md5`` (fetched from the DVC remote if absent), checked."""
-    from retrain_pipeline.config import redact_url
-
-    cached = versioning.cached_file(settings.root, md5)
-    remote = settings.stores.dvc_remote
-    if remote is not None and not cached.is_file():
-        versioning.fetch(settings.root, remote, [md5])
-    try:
-        payload = cached.read_bytes()
-    except OSError as exc:
-        nor = f", nor has DVC remote {redact_url(remote)}" if remote is not None else ""
-        raise StateError(f"DVC cache has no object {md5} for {what} ({cached}){nor}") from exc
-    digest = hashlib.md5(payload, usedforsecurity=False).hexdigest()
-    if digest != md5:
-        raise StateError(f"DVC cache object {cached} for {what} is corrupt: md5 {digest} != {md5}")
-    return payload

@@ -233,7 +233,7 @@ class PostgresStateStore:
                     fetch=True,
                     missing_table_ok=True,
                 )
-            except _MissingTableError:
+            except psycopg2.errors.UndefinedTable:
                 return PipelineState()
         if row is None:
             return PipelineState()
@@ -250,7 +250,7 @@ class PostgresStateStore:
         with self._connection(operation) as connection:
             try:
                 self._execute(connection, operation, upsert, args, missing_table_ok=True)
-            except _MissingTableError:
+            except psycopg2.errors.UndefinedTable:
                 self._create_table(connection, operation)
                 self._execute(connection, operation, upsert, args)
 
@@ -274,7 +274,7 @@ class PostgresStateStore:
                         fetch=True,
                         missing_table_ok=True,
                     )
-                except _MissingTableError:
+                except psycopg2.errors.UndefinedTable:
                     return None
                 if row is not None:
                     return f"document {backup_name!r} of the {self._where}"
@@ -377,14 +377,15 @@ class PostgresStateStore:
         fetch: bool = False,
         missing_table_ok: bool = False,
     ) -> Any:
-        """Run one statement (autocommit); the first row when ``fetch``; StateError on any error."""
+        """Run one statement (autocommit); the first row when ``fetch``; StateError on any error,
+        except psycopg2's UndefinedTable (re-raised) when ``missing_table_ok``."""
         try:
             with connection.cursor() as cursor:
                 cursor.execute(query, args)
                 return cursor.fetchone() if fetch else None
         except psycopg2.errors.UndefinedTable:
             if missing_table_ok:
-                raise _MissingTableError from None
+                raise  # the caller's cue: the state table does not exist (yet)
             raise StateError(
                 f"{self.description}: cannot {operation}: table {TABLE} does not exist"
             ) from None
@@ -424,7 +425,3 @@ class PostgresStateStore:
             text = text.replace(secret, "***")
         lost = connection is not None and (connection.closed or isinstance(exc, psycopg2.InterfaceError))
         return f"connection lost ({text})" if lost else text
-
-
-class _MissingTableError(Exception):
-    """The state table does not exist (yet)."""

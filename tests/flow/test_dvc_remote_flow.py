@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from flows.automated_training_flow import automated_training_flow
-from retrain_pipeline import operations
+from retrain_pipeline import manifests, operations
 from retrain_pipeline.config import Settings, load_settings
 from retrain_pipeline.data import parse_training_manifest
 from retrain_pipeline.errors import StateError, VersioningError
@@ -95,7 +95,7 @@ def test_a_fresh_project_pulls_earlier_batches_and_another_restores_from_the_rem
     (remote / "files" / "md5" / lost[:2] / lost[2:]).unlink()
     d = load_settings(make_project("d", **shared))
     with pytest.raises(StateError, match=f"no object {lost} .*nor has DVC remote {remote}"):
-        operations._cached_bytes(d, lost, "the model of batch 3")
+        manifests.cached_bytes(d, lost, "the model of batch 3")
 
 
 def test_a_failed_push_fails_the_batch(make_project: MakeProject, tmp_path: Path) -> None:
