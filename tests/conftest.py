@@ -39,13 +39,38 @@ LONGEST_FIRST = (
 )
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+#: The markers, applied here and nowhere else (select with ``-m``, see pyproject.toml): each
+#: test folder's layer, and ``postgres`` for every test that uses a PostgreSQL server (a fixture
+#: named ``*postgres*``).
+FOLDER_MARKERS = {
+    "unit": "unit",
+    "flow": "flow",
+    "e2e": "e2e",
+    "integration": "integration",
+    "robustness": "robustness",
+    "journeys": "journey",
+    "cluster": "cluster",
+    "benchmarks": "bench",
+}
+
+
+def _relative(item: pytest.Item) -> str:
+    return Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    item.add_marker(FOLDER_MARKERS[_relative(item).split("/")[1]])
+    if any("postgres" in name for name in getattr(item, "fixturenames", ())):
+        item.add_marker(pytest.mark.postgres)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    root = Path(__file__).resolve().parent.parent
-
     def rank(item: pytest.Item) -> int:
-        relative = Path(str(item.fspath)).resolve().relative_to(root).as_posix()
-        return LONGEST_FIRST.index(relative) if relative in LONGEST_FIRST else len(LONGEST_FIRST)
+        path = _relative(item)
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: the order within a file, and of the other files, is kept
 

@@ -30,12 +30,6 @@ CLUSTER_PARAMS = {
 }
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/cluster/" in str(item.fspath):
-            item.add_marker(pytest.mark.cluster)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProject]:
     """A copy of the project (a Git repository) with its cluster started; stopped afterwards."""

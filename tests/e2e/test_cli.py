@@ -20,8 +20,6 @@ import yaml
 from retrain_pipeline.config import load_settings
 from retrain_pipeline.data import breast_cancer_dataset
 
-pytestmark = pytest.mark.e2e
-
 REPO = Path(__file__).resolve().parents[2]
 FLOW = REPO / "flows" / "automated_training_flow.py"
 

@@ -12,9 +12,3 @@ from prefect.testing.utilities import prefect_test_harness
 def prefect_api() -> Iterator[None]:
     with prefect_test_harness(server_startup_timeout=120):
         yield
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/flow/" in str(item.fspath):
-            item.add_marker(pytest.mark.flow)

@@ -24,8 +24,6 @@ from retrain_pipeline.cli import main as cli
 from retrain_pipeline.config import Settings, load_settings
 from retrain_pipeline.state_stores import TABLE, PostgresStateStore, state_store
 
-pytestmark = pytest.mark.postgres
-
 
 def run(params: Path, batch: int | None = None) -> dict:
     return automated_training_flow(batch_number=batch, params_path=str(params))

@@ -28,8 +28,6 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from retrain_pipeline import services
 from retrain_pipeline.config import load_settings
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).resolve().parents[2]
 SETUP = REPO / "deployments" / "setup_deployment.py"
 NEVER = "0 0 1 1 *"  # a cron that will not fire during the test: manual triggers only

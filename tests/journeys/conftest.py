@@ -17,12 +17,6 @@ import pytest
 from journeys_support import REPO, Project, copy_project, journey_env, kill_recorded_services
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/journeys/" in str(item.fspath):
-            item.add_marker(pytest.mark.journey)
-
-
 @pytest.fixture
 def project(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Project]:
     """A fresh copy of the project; whatever it started is stopped afterwards."""

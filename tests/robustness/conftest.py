@@ -18,12 +18,6 @@ REPO = Path(__file__).resolve().parents[2]
 FLOW = REPO / "flows" / "automated_training_flow.py"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/robustness/" in str(item.fspath):
-            item.add_marker(pytest.mark.robustness)
-
-
 @pytest.fixture(scope="session")
 def prefect_api(
     tmp_path_factory: pytest.TempPathFactory, free_port: Callable[[], int]

@@ -120,17 +120,19 @@ def try_lock(store: PostgresStateStore, timeout: float) -> float:
 
 
 @pytest.fixture
-def own_folder() -> Iterator[Path]:
-    """A folder for a server of this test alone, reachable by the ``postgres`` user when we are root.
+def own_postgres(free_port: Callable[[], int]) -> Iterator[LocalPostgres]:
+    """A PostgreSQL server of this test alone, not started: the test starts and stops it.
 
-    Not under ``tmp_path``: pytest creates its folders 0700, which the ``postgres`` user
-    PostgreSQL runs as (under root) cannot traverse.
+    Its folder is not under ``tmp_path``: pytest creates its folders 0700, which the
+    ``postgres`` user PostgreSQL runs as (under root) cannot traverse.
     """
     folder = Path(tempfile.mkdtemp(prefix="retrain-state-pg-"))
     folder.chmod(0o711)
+    server = LocalPostgres(folder / "pg", port=free_port())
     try:
-        yield folder / "pg"
+        yield server
     finally:
+        server.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -224,7 +226,6 @@ def test_file_store_round_trip_lock_and_backup(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- PostgreSQL: the document
 
 
-@pytest.mark.postgres
 def test_postgres_round_trip(postgres_url: str) -> None:
     store = PostgresStateStore(postgres_url, NAME)
     state = sample_state()
@@ -241,7 +242,6 @@ def test_postgres_round_trip(postgres_url: str) -> None:
     assert list(stored_documents(postgres_url)) == [NAME]
 
 
-@pytest.mark.postgres
 def test_postgres_empty_store(postgres_url: str) -> None:
     store = PostgresStateStore(postgres_url, NAME)
     assert store.load() == PipelineState()  # no table yet
@@ -251,7 +251,6 @@ def test_postgres_empty_store(postgres_url: str) -> None:
     assert store.backup() is None
 
 
-@pytest.mark.postgres
 @pytest.mark.parametrize(
     ("document", "message"),
     [
@@ -279,7 +278,6 @@ def test_postgres_invalid_document_names_the_store(postgres_url: str, document: 
     assert password_of(postgres_url) not in text
 
 
-@pytest.mark.postgres
 def test_postgres_backup_keeps_the_previous_document(postgres_url: str) -> None:
     store = PostgresStateStore(postgres_url, NAME)
     store.save(sample_state())
@@ -299,7 +297,6 @@ def test_postgres_backup_keeps_the_previous_document(postgres_url: str) -> None:
     assert store.load() == PipelineState()
 
 
-@pytest.mark.postgres
 def test_postgres_concurrent_first_saves_create_the_table_once(postgres_url: str) -> None:
     stores = [PostgresStateStore(postgres_url, f"pipeline-{i}") for i in range(8)]
     barrier = threading.Barrier(len(stores))
@@ -322,7 +319,6 @@ def test_postgres_concurrent_first_saves_create_the_table_once(postgres_url: str
     assert sorted(stored_documents(postgres_url)) == sorted(s.name for s in stores)
 
 
-@pytest.mark.postgres
 def test_postgres_unreachable_server_is_a_state_error_without_the_password(
     postgres: LocalPostgres, free_port: Callable[[], int]
 ) -> None:
@@ -346,7 +342,6 @@ def test_postgres_unreachable_server_is_a_state_error_without_the_password(
 # --------------------------------------------------------------------------- PostgreSQL: the lock
 
 
-@pytest.mark.postgres
 def test_postgres_lock_is_exclusive_between_processes(
     postgres_url: str, holder: subprocess.Popen[str]
 ) -> None:
@@ -371,7 +366,6 @@ def test_postgres_lock_is_exclusive_between_processes(
     assert try_lock(store, timeout=5) < 5
 
 
-@pytest.mark.postgres
 def test_postgres_lock_of_a_killed_holder_is_free_within_seconds(
     postgres_url: str, holder: subprocess.Popen[str]
 ) -> None:
@@ -390,7 +384,6 @@ def test_postgres_lock_of_a_killed_holder_is_free_within_seconds(
     assert elapsed < 5
 
 
-@pytest.mark.postgres
 def test_postgres_loads_and_saves_use_the_lock_connection(postgres_url: str) -> None:
     store = PostgresStateStore(postgres_url, NAME)
     with store.lock({"flow_run_id": RUN_ID}) as handle:
@@ -415,37 +408,31 @@ def test_postgres_loads_and_saves_use_the_lock_connection(postgres_url: str) -> 
     assert sessions == [application_name(info)]
 
 
-@pytest.mark.postgres
-def test_postgres_save_fails_when_the_lock_connection_is_lost(
-    own_folder: Path, free_port: Callable[[], int]
-) -> None:
-    server = LocalPostgres(own_folder, port=free_port())
+def test_postgres_save_fails_when_the_lock_connection_is_lost(own_postgres: LocalPostgres) -> None:
+    server = own_postgres
     server.start()
-    try:
-        server.create_database("retrain")
-        url = server.url("retrain")
-        store = PostgresStateStore(url, NAME)
-        store.save(sample_state())
-        newer = sample_state().with_batch(11, BatchRecord(status="completed", started_at=STARTED), "3")
+    server.create_database("retrain")
+    url = server.url("retrain")
+    store = PostgresStateStore(url, NAME)
+    store.save(sample_state())
+    newer = sample_state().with_batch(11, BatchRecord(status="completed", started_at=STARTED), "3")
 
-        with store.lock({"flow_run_id": RUN_ID}):
-            server.stop()
-            with pytest.raises(StateError) as stopped:
-                store.save(newer, what="the state of batch 11")
-            server.start()
-            # The server is back, but the lock went with the old connection: still no save.
-            with pytest.raises(StateError) as restarted:
-                store.save(newer, what="the state of batch 11")
-            with pytest.raises(StateError, match="cannot load the state: connection lost"):
-                store.load()
-
-        prefix = f"{store.description}: cannot save the state of batch 11: "
-        assert store.description == f"PostgreSQL state store {redact_url(url)} (document '{NAME}')"
-        for excinfo in (stopped, restarted):
-            text = str(excinfo.value)
-            assert text.startswith(prefix + "connection lost ("), text
-            assert server.password() not in text
-        assert store.load() == sample_state()  # nothing was saved
-        assert try_lock(store, timeout=5) < 5  # and the lock is free again
-    finally:
+    with store.lock({"flow_run_id": RUN_ID}):
         server.stop()
+        with pytest.raises(StateError) as stopped:
+            store.save(newer, what="the state of batch 11")
+        server.start()
+        # The server is back, but the lock went with the old connection: still no save.
+        with pytest.raises(StateError) as restarted:
+            store.save(newer, what="the state of batch 11")
+        with pytest.raises(StateError, match="cannot load the state: connection lost"):
+            store.load()
+
+    prefix = f"{store.description}: cannot save the state of batch 11: "
+    assert store.description == f"PostgreSQL state store {redact_url(url)} (document '{NAME}')"
+    for excinfo in (stopped, restarted):
+        text = str(excinfo.value)
+        assert text.startswith(prefix + "connection lost ("), text
+        assert server.password() not in text
+    assert store.load() == sample_state()  # nothing was saved
+    assert try_lock(store, timeout=5) < 5  # and the lock is free again
