@@ -23,24 +23,32 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from benchmarks.records import (
+    DeploymentRun,
+    FlowRunTimes,
+    LeftoverProcess,
+    ScheduledRun,
+    ScheduledRuns,
+    ServicesInfo,
+)
 
 if TYPE_CHECKING:
     from uuid import UUID
 
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter
     from prefect.client.schemas.objects import FlowRun
 
     from retrain_pipeline.config import Settings
     from retrain_pipeline.services import Endpoints
 
 logger = logging.getLogger("benchmarks.cold_start")
-
-Json = dict[str, Any]
 
 LOOPBACK = "127.0.0.1"
 NEVER = "0 0 1 1 *"  # the cron while manual runs are measured: no tick collides with them
@@ -104,19 +112,19 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def flow_run_json(run: FlowRun) -> Json:
+def flow_run_times(run: FlowRun) -> FlowRunTimes:
     """A finished flow run's timestamps and durations (the API server's clock)."""
-    return {
-        "flow_run": run.name,
-        "flow_run_id": str(run.id),
-        "state": run.state_name,
-        "auto_scheduled": bool(run.auto_scheduled),
-        "created": _iso(run.created),
-        "expected_start_time": _iso(run.expected_start_time),
-        "start_time": _iso(run.start_time),
-        "end_time": _iso(run.end_time),
-        "flow_run_s": _seconds(run.end_time, run.start_time),
-    }
+    return FlowRunTimes(
+        flow_run=run.name,
+        flow_run_id=str(run.id),
+        state=run.state_name,
+        auto_scheduled=bool(run.auto_scheduled),
+        created=_iso(run.created),
+        expected_start_time=_iso(run.expected_start_time),
+        start_time=_iso(run.start_time),
+        end_time=_iso(run.end_time),
+        flow_run_s=_seconds(run.end_time, run.start_time),
+    )
 
 
 def batch_of_run(settings: Settings, flow_run_id: str) -> int | None:
@@ -138,7 +146,7 @@ def flow_run_of_batch(settings: Settings, batch: int) -> str | None:
     return record.prefect_flow_run_id if record is not None else None
 
 
-def leftover_processes(marker: str) -> list[Json]:
+def leftover_processes(marker: str) -> list[LeftoverProcess]:
     """Live processes (not this one) whose command line or environment contains ``marker``.
 
     Every process of the benchmark's services and of their flow runs has the project's
@@ -156,21 +164,45 @@ def leftover_processes(marker: str) -> list[Json]:
             continue
         if "State:\tZ" not in status and (needle in cmdline or needle in environ):
             command = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
-            found.append({"pid": int(entry.name), "command": command[:300]})
+            found.append(LeftoverProcess(int(entry.name), command[:300]))
     return found
 
 
-def _end(processes: list[Json], timeout_s: float = 10.0) -> None:
+def _end(processes: list[LeftoverProcess], timeout_s: float = 10.0) -> None:
     """SIGTERM, then SIGKILL, the given processes (the benchmark's own, found by its folder)."""
     for process in processes:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(process["pid"], signal.SIGTERM)
+            os.kill(process.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(Path(f"/proc/{p['pid']}").exists() for p in processes):
+    while time.monotonic() < deadline and any(Path(f"/proc/{p.pid}").exists() for p in processes):
         time.sleep(0.25)
     for process in processes:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(process["pid"], signal.SIGKILL)
+            os.kill(process.pid, signal.SIGKILL)
+
+
+def _deployment_runs(deployment_id: UUID, state_types: Sequence[str]) -> FlowRunFilter:
+    """A filter for the deployment's flow runs in one of ``state_types``."""
+    from prefect.client.schemas import filters
+    from prefect.client.schemas.objects import StateType
+
+    return filters.FlowRunFilter(
+        deployment_id=filters.FlowRunFilterDeploymentId(any_=[deployment_id]),
+        state=filters.FlowRunFilterState(
+            type=filters.FlowRunFilterStateType(any_=[StateType(t) for t in state_types])
+        ),
+    )
+
+
+def _log_tick(record: ScheduledRun) -> None:
+    logger.info(
+        "Scheduled run %s (tick %s): %s, tick to final %.2f s%s",
+        record.flow_run,
+        record.expected_start_time,
+        record.state,
+        record.tick_to_final_s or 0.0,
+        f" (not counted: {record.reason})" if record.reason else "",
+    )
 
 
 @dataclass
@@ -183,7 +215,7 @@ class OwnServices:
     deploy_s: dict[str, float] = field(default_factory=dict)
     deployment_id: UUID | None = None
     stopped: list[str] = field(default_factory=list)
-    leftovers: list[Json] = field(default_factory=list)
+    leftovers: list[LeftoverProcess] = field(default_factory=list)
 
     @property
     def deployment_name(self) -> str:
@@ -191,24 +223,25 @@ class OwnServices:
 
         return f"{FLOW_NAME}/{self.settings.automation.deployment_name}"
 
-    def as_json(self) -> Json:
+    def info(self) -> ServicesInfo:
+        """What the report says of these services: where they ran, their start, deployment and stop."""
         from retrain_pipeline import services
 
-        return {
-            "prefect_api": self.endpoints.prefect_api,
-            "mlflow_uri": self.endpoints.mlflow_uri,
-            "services_folder": str(services.run_dir(self.settings)),
-            "prefect_home": str(services.prefect_home(self.settings)),
-            "project": str(self.settings.root),
-            "deployment": self.deployment_name,
-            "deployment_id": str(self.deployment_id) if self.deployment_id else None,
-            "cron": self.settings.automation.cron_schedule,
-            "cron_while_manual_runs": NEVER,
-            "start_s": self.start_s,
-            "deploy_s": self.deploy_s,
-            "stopped": self.stopped,
-            "leftover_processes": self.leftovers,
-        }
+        return ServicesInfo(
+            prefect_api=self.endpoints.prefect_api,
+            mlflow_uri=self.endpoints.mlflow_uri,
+            services_folder=str(services.run_dir(self.settings)),
+            prefect_home=str(services.prefect_home(self.settings)),
+            project=str(self.settings.root),
+            deployment=self.deployment_name,
+            deployment_id=str(self.deployment_id) if self.deployment_id else None,
+            cron=self.settings.automation.cron_schedule,
+            cron_while_manual_runs=NEVER,
+            start_s=self.start_s,
+            deploy_s=self.deploy_s,
+            stopped=self.stopped,
+            leftover_processes=self.leftovers,
+        )
 
     @contextlib.contextmanager
     def api(self) -> Iterator[SyncPrefectClient]:
@@ -261,7 +294,7 @@ class OwnServices:
             self.deploy_s[phase],
         )
 
-    def deployment_run(self, timeout_s: float = RUN_TIMEOUT_S) -> Json:
+    def deployment_run(self, timeout_s: float = RUN_TIMEOUT_S) -> DeploymentRun:
         """One run created from the deployment (as ``make trigger``), waited for; it must train a batch."""
         from deployments.setup_deployment import wait_for
 
@@ -272,30 +305,27 @@ class OwnServices:
             created = client.create_flow_run_from_deployment(self.deployment_id, tags=["benchmark"])
             finished = wait_for(created.id, timeout_s)
         polled = time.perf_counter() - started
-        result = {
-            **flow_run_json(finished),
-            "trigger_to_final_s": _seconds(finished.end_time, finished.created),
-            "trigger_to_start_s": _seconds(finished.start_time, finished.created),
-            "polled_wall_s": polled,
-            "prefect_api": self.endpoints.prefect_api,
-        }
-        self._require_trained(result)
+        result = DeploymentRun(
+            **asdict(flow_run_times(finished)),
+            trigger_to_final_s=_seconds(finished.end_time, finished.created),
+            trigger_to_start_s=_seconds(finished.start_time, finished.created),
+            polled_wall_s=polled,
+            prefect_api=self.endpoints.prefect_api,
+            batch=batch_of_run(self.settings, str(finished.id)),
+        )
+        if result.state != "Completed" or result.batch is None:
+            raise ColdStartError(
+                f"flow run {result.flow_run} ended {result.state} without training a batch: {asdict(result)}"
+            )
         logger.info(
             "Deployment run %s: %s, batch %s; trigger to final %.2f s, flow run %.2f s",
             finished.name,
             finished.state_name,
-            result["batch"],
-            result["trigger_to_final_s"] or 0.0,
-            result["flow_run_s"] or 0.0,
+            result.batch,
+            result.trigger_to_final_s or 0.0,
+            result.flow_run_s or 0.0,
         )
         return result
-
-    def _require_trained(self, result: Json) -> None:
-        result["batch"] = batch_of_run(self.settings, result["flow_run_id"])
-        if result["state"] != "Completed" or result["batch"] is None:
-            raise ColdStartError(
-                f"flow run {result['flow_run']} ended {result['state']} without training a batch: {result}"
-            )
 
     def knows_flow_run(self, flow_run_id: str) -> bool:
         """True when this project's Prefect server recorded the flow run (the CLI used it)."""
@@ -310,7 +340,7 @@ class OwnServices:
                 return False
         return True
 
-    def scheduled_runs(self, count: int, timeout_s: float | None = None) -> Json:
+    def scheduled_runs(self, count: int, timeout_s: float | None = None) -> ScheduledRuns:
         """Register the deployment with the project's cron and measure ``count`` scheduled runs.
 
         A run counts when the scheduler created it before its tick, it completed and trained a
@@ -318,25 +348,14 @@ class OwnServices:
         schedule is paused (as ``automation.pause_when_done`` does), which deletes the runs
         still scheduled.
         """
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterDeploymentId,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-        )
-        from prefect.client.schemas.objects import StateType
-
         self.deploy("scheduled")
         if self.deployment_id is None:
             raise ColdStartError("no deployment registered")
         registered = datetime.now(UTC)
-        final_runs = FlowRunFilter(
-            deployment_id=FlowRunFilterDeploymentId(any_=[self.deployment_id]),
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(t) for t in FINAL_TYPES])),
-        )
+        final_runs = _deployment_runs(self.deployment_id, FINAL_TYPES)
         deadline = time.monotonic() + (timeout_s or (count + 3) * TICK_PERIOD_S + 60)
-        counted: list[Json] = []
-        not_counted: list[Json] = []
+        counted: list[ScheduledRun] = []
+        not_counted: list[ScheduledRun] = []
         seen: set[str] = set()
         with self.api() as client:
             while len(counted) < count and time.monotonic() < deadline:
@@ -345,72 +364,58 @@ class OwnServices:
                         continue
                     seen.add(str(run.id))
                     record = self._tick_record(client, run, registered)
-                    (not_counted if record["reason"] else counted).append(record)
-                    logger.info(
-                        "Scheduled run %s (tick %s): %s, tick to final %.2f s%s",
-                        run.name,
-                        record["expected_start_time"],
-                        record["state"],
-                        record["tick_to_final_s"] or 0.0,
-                        f" (not counted: {record['reason']})" if record["reason"] else "",
-                    )
+                    (not_counted if record.reason else counted).append(record)
+                    _log_tick(record)
                 time.sleep(2)
             client.pause_deployment(self.deployment_id)
         if len(counted) < count:
             logger.warning("Only %d of %d scheduled runs measured before the timeout", len(counted), count)
-        return {"wanted": count, "runs": counted, "not_counted": not_counted}
+        return ScheduledRuns(count, counted, not_counted)
 
-    def _tick_record(self, client: SyncPrefectClient, run: FlowRun, registered: datetime) -> Json:
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
+    def _tick_record(self, client: SyncPrefectClient, run: FlowRun, registered: datetime) -> ScheduledRun:
+        """A scheduled run timed from its tick, and whether it counts (:meth:`_tick_verdict`)."""
+        tick = run.expected_start_time
+        reason, idle_for, batch = self._tick_verdict(client, run, registered)
+        return ScheduledRun(
+            **asdict(flow_run_times(run)),
+            tick_to_final_s=_seconds(run.end_time, tick),
+            tick_to_start_s=_seconds(run.start_time, tick),
+            scheduled_ahead_s=_seconds(tick, run.created),
+            worker_idle_for_s=idle_for,
+            batch=batch,
+            reason=reason,
+        )
+
+    def _tick_verdict(
+        self, client: SyncPrefectClient, run: FlowRun, registered: datetime
+    ) -> tuple[str, float | None, int | None]:
+        """Why a scheduled run does not count ("" when it does), how long the worker had been
+        idle at its tick, and the batch it trained."""
+        from prefect.client.schemas import filters
 
         tick = run.expected_start_time
-        record = {
-            **flow_run_json(run),
-            "tick_to_final_s": _seconds(run.end_time, tick),
-            "tick_to_start_s": _seconds(run.start_time, tick),
-            "scheduled_ahead_s": _seconds(tick, run.created),
-            "worker_idle_for_s": None,
-            "batch": None,
-            "reason": "",
-        }
         if tick is None or run.created is None or run.created >= tick or tick <= registered:
-            record["reason"] = "the scheduler created it after its tick"
-            return record
+            return "the scheduler created it after its tick", None, None
         if run.state_name != "Completed":
-            record["reason"] = f"ended {run.state_name}"
-            return record
-        started_before = FlowRunFilter(start_time=FlowRunFilterStartTime(before_=tick))
+            return f"ended {run.state_name}", None, None
+        started_before = filters.FlowRunFilter(start_time=filters.FlowRunFilterStartTime(before_=tick))
         others = [
             r for r in client.read_flow_runs(flow_run_filter=started_before, limit=200) if r.id != run.id
         ]
         if any(r.end_time is None or r.end_time > tick for r in others):
-            record["reason"] = "another flow run was active at its tick"
-            return record
+            return "another flow run was active at its tick", None, None
         ends = [r.end_time for r in others if r.end_time is not None]
-        record["worker_idle_for_s"] = _seconds(tick, max(ends)) if ends else None
-        record["batch"] = batch_of_run(self.settings, record["flow_run_id"])
-        if record["batch"] is None:
-            record["reason"] = "it trained no batch"
-        return record
+        idle_for = _seconds(tick, max(ends)) if ends else None
+        batch = batch_of_run(self.settings, str(run.id))
+        return ("it trained no batch" if batch is None else ""), idle_for, batch
 
     def wait_idle(self, timeout_s: float = RUN_TIMEOUT_S) -> None:
         """Wait until no run of the deployment is pending or running (before the worker stops)."""
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterDeploymentId,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-        )
-        from prefect.client.schemas.objects import StateType
-
         from deployments.setup_deployment import wait_for
 
         if self.deployment_id is None:
             return
-        active = FlowRunFilter(
-            deployment_id=FlowRunFilterDeploymentId(any_=[self.deployment_id]),
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(t) for t in ACTIVE_TYPES])),
-        )
+        active = _deployment_runs(self.deployment_id, ACTIVE_TYPES)
         with self.api() as client:
             for run in client.read_flow_runs(flow_run_filter=active, limit=50):
                 logger.info(

@@ -4,32 +4,23 @@ The step the flow runs, through the same plain functions: read (and sample) the 
 training data from its processed parquet files, test every feature of the new batch against
 it (:func:`retrain_pipeline.drift.detect_drift`), and score the champion on the whole batch.
 Each case is timed ``repetitions`` times in this process (scipy is already imported by then,
-as it is in a flow run: scikit-learn imports it); the median goes into BENCHMARKS.md.
+as it is in a flow run: scikit-learn imports it); the median goes into BENCHMARKS.md (its
+target check is :func:`benchmarks.analysis.drift_checks`, its table
+:func:`benchmarks.report.render_drift_check`).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
+from benchmarks.records import DriftCase, DriftTiming
 from benchmarks.synthetic import TARGET, make_batches
 from retrain_pipeline import drift, model, monitoring
 from retrain_pipeline.config import ModelConfig, MonitoringConfig
-
-
-@dataclass(frozen=True)
-class DriftCase:
-    name: str
-    batch_rows: int
-    reference_files: int
-    reference_rows_per_file: int
-    target_s: float
-
 
 FULL_CASES = (
     DriftCase("50-row batch vs 400 rows", 50, 8, 50, 0.3),
@@ -39,22 +30,6 @@ SMOKE_CASES = (
     DriftCase("50-row batch vs 400 rows", 50, 8, 50, 0.3),
     DriftCase("10k-row batch vs 100k rows", 10_000, 10, 10_000, 1.0),
 )
-
-
-@dataclass(frozen=True)
-class DriftTiming:
-    case: DriftCase
-    read_s: float
-    detect_s: float
-    champion_s: float
-    total_s: float
-    each_total_s: list[float]
-    reference_rows: int
-    sampled_rows: int
-    method: str
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _write_reference(folder: Path, case: DriftCase, n_features: int) -> tuple[list[Path], pd.DataFrame]:
@@ -110,45 +85,7 @@ def time_case(
     )
 
 
-def measure_drift_check(work: Path, smoke: bool, champion_config: ModelConfig) -> list[dict[str, Any]]:
+def measure_drift_check(work: Path, smoke: bool, champion_config: ModelConfig) -> list[DriftTiming]:
     """Each case's timing; the champion is ``champion_config`` trained on one reference file."""
     cases = SMOKE_CASES if smoke else FULL_CASES
-    return [time_case(case, work / f"drift-{i}", champion_config).as_json() for i, case in enumerate(cases)]
-
-
-def drift_checks(timings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Target rows for the report's target table (the same shape as the benchmark's others)."""
-    return [
-        {
-            "target": f"monitoring step (read reference, drift tests, champion score): {t['case']['name']}",
-            "measured": t["total_s"],
-            "limit": t["case"]["target_s"],
-            "unit": "s",
-            "passed": t["total_s"] <= t["case"]["target_s"],
-            "detail": f"median of {len(t['each_total_s'])}",
-        }
-        for t in timings
-    ]
-
-
-def render_drift_check(timings: list[dict[str, Any]]) -> list[str]:
-    header = "| case | read + sample reference | drift tests | champion score | total | target | method |"
-    lines = [
-        "## The monitoring step (`check-drift`)",
-        "",
-        "Reference: the champion's training data in processed parquet files, sampled file by file "
-        "to at most `monitoring.sample_rows` (50,000) rows; the batch is sampled the same way. "
-        "The champion (the benchmark's estimator) scores the batch, sampled likewise. "
-        "30 synthetic features; median of 3 in one process.",
-        "",
-        header,
-        "|---|---|---|---|---|---|---|",
-    ]
-    for t in timings:
-        c = t["case"]
-        lines.append(
-            f"| {c['name']} ({t['reference_rows']:,} reference rows, {t['sampled_rows']:,} read) "
-            f"| {t['read_s']:.3f} s | {t['detect_s']:.3f} s | {t['champion_s']:.3f} s "
-            f"| **{t['total_s']:.3f} s** | <= {c['target_s']:g} s | {t['method']} |"
-        )
-    return [*lines, ""]
+    return [time_case(case, work / f"drift-{i}", champion_config) for i, case in enumerate(cases)]

@@ -8,16 +8,21 @@ their processes is left once the benchmark finished.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+import typing
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from benchmarks.cold_start import leftover_processes
+from benchmarks.records import ColdStart, ColdStartSummary, Results, from_dict
+from benchmarks.report import render_cold_start
+from benchmarks.spec import MAX_DEPLOYMENT_RUN_S, MAX_TICK_TO_COMPLETED_S
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOP_LEVEL_KEYS = {
@@ -228,3 +233,41 @@ def test_report_has_the_cold_start_rows(smoke_results: Smoke) -> None:
     ):
         assert row in report, row
     assert smoke_results.results["cold_start"]["services"]["prefect_api"] in report
+
+
+def test_the_results_read_back_to_the_same_json(smoke_results: Smoke) -> None:
+    """Every top-level part of the written benchmark.json becomes its record and back, keys in order."""
+    data = smoke_results.results
+    hints = typing.get_type_hints(Results)
+    assert set(data) <= set(hints)
+    for key, value in data.items():
+        assert json.dumps(_as_json(from_dict(hints[key], value))) == json.dumps(value), key
+
+
+def _as_json(value: object) -> object:
+    """``asdict`` of a record, also of the records in a dict or list (``merged_bytes``, ``cli``, ...)."""
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_json(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return value
+
+
+def test_report_says_what_the_cold_start_did_not_measure(smoke_results: Smoke) -> None:
+    sample = smoke_results.results["cold_start"]
+    cold = from_dict(
+        ColdStart,
+        {**sample, "scheduled_runs": {"wanted": 0, "runs": [], "not_counted": [], "skipped": "no wait"}},
+    )
+    report = render_cold_start(cold, ColdStartSummary(*[None] * 14))
+    assert (
+        "| cron tick → COMPLETED of a scheduled run, worker idle | not measured: no wait | - "
+        f"| <= {MAX_TICK_TO_COMPLETED_S:.2f} s | - |"
+    ) in report
+    assert (
+        "| deployment run through the worker (services up): the flow run's start → end | not measured | - "
+        f"| <= {MAX_DEPLOYMENT_RUN_S:.2f} s | - |"
+    ) in report
+    assert report[0] == "## Cold start (50 rows per batch; fresh processes, the benchmark's own services)"
