@@ -18,7 +18,7 @@ from retrain_pipeline import data, manifests, versioning
 from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import DataValidationError
 from retrain_pipeline.fileio import dump_joblib_atomic, write_text_atomic
-from retrain_pipeline.state import PipelineState, utc_now
+from retrain_pipeline.state import PipelineState, file_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def quarantine_batch(settings: Settings, error: DataValidationError, batch: Batc
     """
     folder = settings.data.quarantine_dir
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = utc_now().replace(":", "").replace("-", "")
+    stamp = file_stamp()
     source = Path(error.file)
     landing = settings.data.landing_dir.resolve()
     target: Path | None = None

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from retrain_pipeline.config import METRIC_NAMES, Settings
-from retrain_pipeline.state import BatchRecord, PipelineState
+from retrain_pipeline.state import BatchRecord, PipelineState, timestamp, timestamp_of_file_stamp
 from retrain_pipeline.tracking import (
     DATA_MD5_TAG,
     DECISION_TAG,
@@ -25,13 +25,13 @@ from retrain_pipeline.tracking import (
     BatchRun,
 )
 
-_REASON_FILE = re.compile(r"^batch_(\d+)\.(\d{8}T\d{6})\+0000\.reason\.txt$")
+_REASON_FILE = re.compile(r"^batch_(\d+)\.(\d{8}T\d{6}\+0000)\.reason\.txt$")  # quarantine_batch's names
 
 
 def _iso(ms: int | None) -> str | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+    return timestamp(datetime.fromtimestamp(ms / 1000, UTC))
 
 
 def _int(value: str | None) -> int | None:
@@ -84,7 +84,7 @@ def rejected_from_quarantine(folder: Path) -> dict[int, BatchRecord]:
                     latest[number] = (stamp, path)
     records = {}
     for number, (stamp, path) in latest.items():
-        when = datetime.strptime(stamp, "%Y%m%dT%H%M%S").replace(tzinfo=UTC).isoformat(timespec="seconds")
+        when = timestamp_of_file_stamp(stamp)
         reason = path.read_text(encoding="utf-8", errors="replace").strip()
         records[number] = BatchRecord(status="rejected", started_at=when, finished_at=when, error=reason)
     return records

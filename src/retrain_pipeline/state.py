@@ -30,9 +30,29 @@ SCHEMA_VERSION = 1
 BatchStatus = Literal["completed", "rejected", "failed"]
 
 
+def timestamp(moment: datetime) -> str:
+    """``moment`` as the pipeline writes every time: ISO 8601 in UTC, to the second."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
 def utc_now() -> str:
-    """The current time as an ISO 8601 UTC timestamp (seconds)."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    """The current time as the pipeline writes it (:func:`timestamp`)."""
+    return timestamp(datetime.now(UTC))
+
+
+#: :func:`file_stamp`'s format, for ``datetime.strptime``.
+FILE_STAMP_FORMAT = "%Y%m%dT%H%M%S%z"
+
+
+def file_stamp() -> str:
+    """The current time for a file name (``20261202T214500+0000``): :func:`utc_now` without
+    the separators that file names and sorting do not want."""
+    return utc_now().replace(":", "").replace("-", "")
+
+
+def timestamp_of_file_stamp(stamp: str) -> str:
+    """The :func:`timestamp` of a :func:`file_stamp`."""
+    return timestamp(datetime.strptime(stamp, FILE_STAMP_FORMAT))
 
 
 class ColumnDriftRecord(BaseModel):

@@ -49,10 +49,12 @@ from retrain_pipeline.config import Settings, redact_url
 from retrain_pipeline.errors import PipelineBusyError, StateError
 from retrain_pipeline.state import (
     PipelineState,
+    file_stamp,
     load_state,
     parse_state,
     pipeline_lock,
     save_state,
+    timestamp,
     update_holder,
     utc_now,
 )
@@ -151,7 +153,7 @@ class FileStateStore:
         """Rename the file to ``batch_state.json.bak-<stamp>`` (it may be corrupt: kept as is)."""
         if not self.path.exists():
             return None
-        stamp = utc_now().replace(":", "").replace("-", "")
+        stamp = file_stamp()
         target = self.path.with_name(f"{self.path.name}.bak-{stamp}")
         self.path.replace(target)
         return str(target)
@@ -257,7 +259,7 @@ class PostgresStateStore:
     def backup(self) -> str | None:
         """Copy the current document (as stored, even if invalid) to ``<name>@backup-<stamp>``."""
         operation = "back up the state"
-        stamp = utc_now().replace(":", "").replace("-", "")
+        stamp = file_stamp()
         copy = (
             f"INSERT INTO {TABLE} (name, document) SELECT %s, document FROM {TABLE} WHERE name = %s "
             "ON CONFLICT (name) DO NOTHING RETURNING name"
@@ -336,9 +338,9 @@ class PostgresStateStore:
         name, backend_pid, backend_start, query_start = row
         details = [f"PostgreSQL session {backend_pid}"]
         if backend_start is not None:
-            details.append(f"connected since {backend_start.isoformat(timespec='seconds')}")
+            details.append(f"connected since {timestamp(backend_start)}")
         if query_start is not None:
-            details.append(f"last query at {query_start.isoformat(timespec='seconds')}")
+            details.append(f"last query at {timestamp(query_start)}")
         return f"{name or 'holder unnamed'} ({', '.join(details)})"
 
     # ------------------------------------------------------------------ connections and errors

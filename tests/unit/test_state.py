@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -20,11 +22,14 @@ from retrain_pipeline.state import (
     PipelineState,
     check_may_run,
     describe_holder,
+    file_stamp,
     load_state,
     next_batch_number,
     next_record,
     pipeline_lock,
     save_state,
+    timestamp,
+    timestamp_of_file_stamp,
     update_holder,
     utc_now,
 )
@@ -159,6 +164,15 @@ def test_batch_record_validation(fields: dict, message: str) -> None:
 def test_utc_now_is_iso_utc_seconds() -> None:
     assert utc_now().endswith("+00:00")
     assert len(utc_now()) == len("2025-01-01T00:00:00+00:00")
+
+
+def test_times_have_one_format_in_the_state_and_one_in_file_names() -> None:
+    paris = datetime(2026, 12, 2, 22, 45, 7, 900, tzinfo=timezone(timedelta(hours=1)))
+    assert timestamp(paris) == "2026-12-02T21:45:07+00:00"
+    stamp = file_stamp()
+    assert re.fullmatch(r"\d{8}T\d{6}\+0000", stamp)
+    assert timestamp_of_file_stamp("20261202T214507+0000") == "2026-12-02T21:45:07+00:00"
+    assert timestamp_of_file_stamp(stamp) <= utc_now()
 
 
 # --------------------------------------------------------------------------- load and save
