@@ -98,7 +98,12 @@ def metric_history(state: PipelineState, metric: str) -> list[MetricPoint]:
 
 
 def render_status(payload: dict[str, Any]) -> str:
-    """The status payload as a fixed-width table."""
+    """The status payload as a fixed-width table, each batch's error or skip reason, then the
+    recent rollbacks, the champion and the next batch."""
+    return "\n".join([*_status_table(payload), *_batch_notes(payload), "", *_status_footer(payload)])
+
+
+def _status_table(payload: dict[str, Any]) -> list[str]:
     metric = payload["primary_metric"]
     headers = [
         "batch",
@@ -133,30 +138,32 @@ def render_status(payload: dict[str, Any]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    if not rows:
-        lines.append("(no batches processed yet)")
+    return lines if rows else [*lines, "(no batches processed yet)"]
+
+
+def _batch_notes(payload: dict[str, Any]) -> list[str]:
+    lines = []
     for key, b in payload["batches"].items():
         if b["error"]:
             lines.append(f"batch {key} {b['status']}: {b['error']}")
         elif b.get("trained") is False:
             lines.append(f"batch {key} not trained: {b.get('skip_reason')}")
-    champion = payload["champion_version"]
-    lines.append("")
-    for rollback in payload["rollbacks"][-3:]:
-        lines.append(
-            f"rollback: v{rollback['from_version']} -> v{rollback['to_version']} by {rollback['by']} "
-            f"at {rollback['at']}: {rollback['reason']}"
-        )
+    return lines
+
+
+def _status_footer(payload: dict[str, Any]) -> list[str]:
+    lines = [
+        f"rollback: v{r['from_version']} -> v{r['to_version']} by {r['by']} at {r['at']}: {r['reason']}"
+        for r in payload["rollbacks"][-3:]
+    ]
     if payload.get("state_file") is None and payload.get("state_store"):
         lines.append(f"state: {payload['state_store']}")
+    champion = payload["champion_version"]
     lines.append(f"champion: {'model version ' + champion if champion else 'none yet'}")
     nxt = payload["next_batch"]
-    lines.append(
-        f"next batch: {nxt}"
-        if nxt is not None
-        else f"next batch: none (all {payload['max_batches']} batches done)"
-    )
-    return "\n".join(lines)
+    done = f"none (all {payload['max_batches']} batches done)"
+    lines.append(f"next batch: {nxt if nxt is not None else done}")
+    return lines
 
 
 def _cell(value: object) -> str:
