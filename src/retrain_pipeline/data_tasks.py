@@ -1,4 +1,4 @@
-"""Prefect tasks for data: set up, load, validate and merge a batch, quarantine, version.
+"""Prefect tasks for data: load, validate and merge a batch, quarantine a rejected one, version.
 
 Thin wrappers: the logic lives in :mod:`retrain_pipeline.data`, ``manifests`` and ``versioning``.
 """
