@@ -167,7 +167,7 @@ clean: ## Stop the services, remove generated outputs (keeps data/raw, data/land
 	@echo "Cleaned generated outputs; data/raw, data/landing and .venv are kept."
 
 test: install ## Run the whole test suite (unit, flow, e2e, integration, robustness, journeys, cluster, bench smoke)
-	$(PY) -m pytest -n "$$TEST_WORKERS" --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -n "$$TEST_WORKERS" --dist loadfile --no-loadscope-reorder --cov --cov-report=term
 
 bench: install ## Benchmark the flow against a plain script (writes BENCHMARKS.md and benchmarks/results/)
 	$(PY) -m benchmarks.run_benchmark
