@@ -1,8 +1,9 @@
 """The scheduled product for real: a Prefect server, an MLflow server, a process worker and
 the cron deployment, all started on free loopback ports by these tests and torn down after.
 
-The tests share one set of services and run in file order: trigger (batch 1), two runs at
-once (batch 2), the schedule itself (batch 3 = max_batches), then pause-when-done.
+The tests share one set of services and one project, and pass in any order: each trains
+the next batch, whichever it is, and puts back the deployment it changed (the cron of the
+schedule test, the pause of the pause-when-done test).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ PARAMS = {
     "data": {"source": "sliced", "batch_size": 60},
     "model": {"estimator": "logistic_regression", "hyperparameters": {"max_iter": 500}},
     "automation": {
-        "max_batches": 3,
+        "max_batches": 9,  # 60-row batches of the 569-row demo data: every test has one left
         "cron_schedule": NEVER,
         "timezone": "Europe/Berlin",
         "work_pool": "it-pool",
@@ -130,7 +131,44 @@ def _wait(flow_run_ids: list[UUID], timeout: float = 240) -> list[FlowRun]:
 def _mlflow_batches(stack: Stack) -> list[str]:
     client = mlflow.MlflowClient(tracking_uri=stack.mlflow_uri)
     experiment = client.get_experiment_by_name("automated-retraining")
+    if experiment is None:
+        return []
     return sorted(r.data.tags["batch_number"] for r in client.search_runs([experiment.experiment_id]))
+
+
+def _processed(stack: Stack) -> list[int]:
+    """The batches completed so far (none before the first run writes the state)."""
+    return stack.state()["processed_batches"] if (stack.root / "batch_state.json").is_file() else []
+
+
+def _assert_trained_next(stack: Stack, before: list[int]) -> dict:
+    """One more batch, the next one, was trained, once: in the state and in MLflow."""
+    state = stack.state()
+    batch = len(before) + 1
+    assert state["processed_batches"] == [*before, batch]
+    assert state["batches"][str(batch)]["status"] == "completed"
+    assert _mlflow_batches(stack) == [str(k) for k in state["processed_batches"]]
+    return state
+
+
+def _put_back(stack: Stack) -> None:
+    """Register the deployment as PARAMS say again (cron, not paused); drop the runs the
+    changed schedule left scheduled and wait for any that already started."""
+    result = stack.setup_deployment()
+    assert result.returncode == 0, result.stderr[-3000:]
+    deployment = _deployment()
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id={"any_": [deployment.id]},
+                state={"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}},
+            ),
+            limit=50,
+        )
+        for run in runs:
+            if run.state is not None and run.state.is_scheduled():
+                client.delete_flow_run(run.id)
+    _wait([r.id for r in runs if r.state is not None and not r.state.is_scheduled()])
 
 
 def test_deployment_is_registered_as_configured(stack: Stack) -> None:
@@ -162,6 +200,7 @@ def test_deployment_is_registered_as_configured(stack: Stack) -> None:
 
 
 def test_triggered_run_trains_through_the_worker(stack: Stack) -> None:
+    before = _processed(stack)
     started = time.monotonic()
     result = stack.setup_deployment("--run-now", "--wait", "240")
     elapsed = time.monotonic() - started
@@ -169,23 +208,21 @@ def test_triggered_run_trains_through_the_worker(stack: Stack) -> None:
     assert "Completed" in result.stdout
     print(f"deploy + trigger -> COMPLETED: {elapsed:.1f} s")
 
-    state = stack.state()
-    assert state["processed_batches"] == [1]
-    assert state["batches"]["1"]["status"] == "completed"
-    assert _mlflow_batches(stack) == ["1"]
-    assert state["champion_version"] == "1"
+    state = _assert_trained_next(stack, before)
+    assert state["champion_version"] is not None
+    if not before:
+        assert state["champion_version"] == "1"
 
 
 def test_two_runs_at_once_train_only_once(stack: Stack) -> None:
+    before = _processed(stack)
     deployment = _deployment()
     with get_client(sync_client=True) as client:
         runs = [client.create_flow_run_from_deployment(deployment.id) for _ in range(2)]
     finals = _wait([r.id for r in runs])
 
     states = sorted(r.state_name for r in finals)
-    state = stack.state()
-    assert state["processed_batches"] == [1, 2], states
-    assert _mlflow_batches(stack) == ["1", "2"]
+    _assert_trained_next(stack, before)
     # Either the deployment's concurrency limit cancelled the second run, or it reached the
     # pipeline lock and did nothing: never two trainings.
     assert states.count("Completed") >= 1
@@ -193,40 +230,56 @@ def test_two_runs_at_once_train_only_once(stack: Stack) -> None:
 
 
 def test_the_cron_schedule_itself_fires(stack: Stack) -> None:
+    before = _processed(stack)
     minute = stack.root / "params-minute.yaml"
     minute.write_text(
         yaml.safe_dump({**PARAMS, "automation": {**PARAMS["automation"], "cron_schedule": "* * * * *"}})
     )
-    result = stack.setup_deployment(params=minute)
-    assert result.returncode == 0, result.stderr[-3000:]
-    deployment = _deployment()
-    assert [s.schedule.cron for s in deployment.schedules] == ["* * * * *"]
+    try:
+        result = stack.setup_deployment(params=minute)
+        assert result.returncode == 0, result.stderr[-3000:]
+        deployment = _deployment()
+        assert [s.schedule.cron for s in deployment.schedules] == ["* * * * *"]
 
-    deadline = time.monotonic() + 200
-    completed: list[FlowRun] = []
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline and not completed:
-            runs = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    deployment_id={"any_": [deployment.id]}, state={"type": {"any_": ["COMPLETED"]}}
-                ),
-                limit=50,
-            )
-            completed = [r for r in runs if r.auto_scheduled]
-            time.sleep(3)
-    assert completed, "no scheduled run completed within 200 s"
-    assert stack.state()["processed_batches"] == [1, 2, 3]
+        deadline = time.monotonic() + 200
+        completed: list[FlowRun] = []
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline and not completed:
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        deployment_id={"any_": [deployment.id]}, state={"type": {"any_": ["COMPLETED"]}}
+                    ),
+                    limit=50,
+                )
+                completed = [r for r in runs if r.auto_scheduled]
+                time.sleep(3)
+        assert completed, "no scheduled run completed within 200 s"
+    finally:
+        _put_back(stack)
+    processed = _processed(stack)  # each minute's run trained the next batch
+    assert processed[: len(before)] == before and len(processed) > len(before)
+    assert processed == list(range(1, len(processed) + 1))
+    assert _mlflow_batches(stack) == [str(k) for k in processed]
 
 
 def test_schedule_pauses_when_all_batches_are_done(stack: Stack) -> None:
-    deployment = _deployment()
-    with get_client(sync_client=True) as client:
-        flow_run = client.create_flow_run_from_deployment(deployment.id)
-    (final,) = _wait([flow_run.id])
-    assert final.state_name in ("Completed", "Cancelled")  # cancelled: a scheduled run held the slot
-    deadline = time.monotonic() + 120
-    while not _deployment().paused:
-        assert time.monotonic() < deadline, "deployment was not paused after max_batches"
-        time.sleep(2)
-    assert stack.state()["processed_batches"] == [1, 2, 3]
-    assert _mlflow_batches(stack) == ["1", "2", "3"]
+    before = _processed(stack)
+    last = stack.root / "params-one-left.yaml"  # the same project: one batch left to do
+    automation = {**PARAMS["automation"], "max_batches": len(before) + 1}
+    last.write_text(yaml.safe_dump({**PARAMS, "automation": automation}))
+    try:
+        result = stack.setup_deployment(params=last)
+        assert result.returncode == 0, result.stderr[-3000:]
+        for _ in range(2):  # the last batch, then a run that finds all done and pauses
+            with get_client(sync_client=True) as client:
+                flow_run = client.create_flow_run_from_deployment(_deployment().id)
+            (final,) = _wait([flow_run.id])
+            assert final.state_name == "Completed"
+        deadline = time.monotonic() + 120
+        while not _deployment().paused:
+            assert time.monotonic() < deadline, "deployment was not paused after max_batches"
+            time.sleep(2)
+        _assert_trained_next(stack, before)
+    finally:
+        _put_back(stack)
+    assert _deployment().paused is False  # deploying again resumes it
