@@ -101,7 +101,7 @@ def _baseline_data(run: BaselineRun, n: int, timer: StepTimer) -> TrainHoldout:
         first = (
             data.read_first_batch(run.batch_file(run.accepted[0]), run.accepted[0]) if run.accepted else None
         )
-        window = data.training_window(run.accepted, cfg.window_batches)
+        earlier = data.training_batches(run.accepted, n, cfg.window_batches)[:-1]
         merged = data.validate_and_merge_batch(
             frame,
             config=cfg,
@@ -109,7 +109,7 @@ def _baseline_data(run: BaselineRun, n: int, timer: StepTimer) -> TrainHoldout:
             batch_number=n,
             source=str(path),
             first=first,
-            earlier={k: run.batch_file(k) for k in window},
+            earlier={k: run.batch_file(k) for k in earlier},
         )
         run.features = [str(c) for c in merged.parts.train_features.columns]
     with timer.step("write data"):
@@ -127,8 +127,7 @@ def _baseline_drift_check(run: BaselineRun, batch: pd.DataFrame, n: int) -> None
     if run.champion is None or run.champion_batch is None or run.features is None:
         return
     cfg, config = run.settings.data, run.settings.monitoring
-    earlier = [k for k in run.accepted if k < run.champion_batch]
-    reference = [*data.training_window(earlier, cfg.window_batches), run.champion_batch]
+    reference = data.training_batches(run.accepted, run.champion_batch, cfg.window_batches)
     seed = run.settings.evaluation.split_seed + n
     files = [run.batch_file(k) for k in reference]
     monitoring.drift_against(files, batch, run.features, config, seed)

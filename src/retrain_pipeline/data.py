@@ -404,6 +404,12 @@ def training_window(earlier: Sequence[int], window_batches: int | None) -> list[
     return list(earlier[len(earlier) - (window_batches - 1) :]) if window_batches > 1 else []
 
 
+def training_batches(accepted: Sequence[int], batch_number: int, window_batches: int | None) -> list[int]:
+    """The batches the model of ``batch_number`` trains on, oldest first: the accepted batches
+    before it that the window keeps (:func:`training_window`), then ``batch_number`` itself."""
+    return [*training_window([k for k in accepted if k < batch_number], window_batches), batch_number]
+
+
 def merge_batches(batches: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate split batches (oldest first) into one training table."""
     if not batches:

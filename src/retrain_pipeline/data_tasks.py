@@ -88,7 +88,8 @@ def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInp
     """
     cfg, n = settings.data, batch.batch_number
     accepted = [k for k in state.accepted_batches(up_to=n) if k != n]
-    earlier = data.training_window(accepted, cfg.window_batches)
+    batches = data.training_batches(accepted, n, cfg.window_batches)
+    earlier = batches[:-1]
     manifests.restore_processed_batches(settings, state, sorted({*accepted[:1], *earlier}))
     first = data.read_first_batch(_processed_path(settings, accepted[0]), accepted[0]) if accepted else None
     merged = data.validate_and_merge_batch(
@@ -102,7 +103,7 @@ def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInp
     )
     data.write_processed_batch(merged.split, settings.processed_batch_file(n), merged.kinds)
     return TrainingData(
-        n, len(merged.valid), merged.parts, (*earlier, n), settings.processed_batch_file(n), merged.valid
+        n, len(merged.valid), merged.parts, tuple(batches), settings.processed_batch_file(n), merged.valid
     )
 
 

@@ -46,8 +46,7 @@ def reference_batches(state: PipelineState, window_batches: int | None) -> list[
     batch = champion_batch(state)
     if batch is None:
         return []
-    earlier = [k for k in state.accepted_batches(up_to=batch) if k != batch]
-    return [*data.training_window(earlier, window_batches), batch]
+    return data.training_batches(state.accepted_batches(up_to=batch), batch, window_batches)
 
 
 def read_reference(

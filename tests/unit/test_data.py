@@ -946,6 +946,14 @@ def test_training_window(earlier: list[int], window: int | None, expected: list[
     assert data.training_window(earlier, window) == expected
 
 
+def test_training_batches_are_the_window_before_the_batch_then_the_batch() -> None:
+    accepted = [1, 2, 4, 5, 7]  # 3 and 6 rejected
+    assert data.training_batches(accepted, 5, None) == [1, 2, 4, 5]
+    assert data.training_batches(accepted, 5, 3) == [2, 4, 5]  # the batches after 5 play no part
+    assert data.training_batches(accepted, 8, 1) == [8]
+    assert data.training_batches([], 1, 2) == [1]
+
+
 def test_training_manifest_round_trip() -> None:
     files = [data.BatchFile(1, "batches/batch_1.parquet", "a" * 32, 40), data.BatchFile(3, "x", "b" * 32, 10)]
     text = data.training_manifest(3, files, window_batches=2)
