@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from benchmarks.records import FlowBatch, RunJob, TaskDuration
 from benchmarks.spec import FLOW_STEPS, LAST_TASK, ORCHESTRATION, TASK_STEPS, UNMAPPED, BenchmarkError
 
@@ -19,20 +21,19 @@ logger = logging.getLogger(__name__)
 
 
 def children_cpu_seconds() -> float:
-    """CPU seconds used so far by this process's live children (Linux ``/proc``; 0 elsewhere).
+    """CPU seconds (user + system) used so far by this process's live children.
 
     For the flow worker that is Prefect's ephemeral API server, which shares the machine's
     cores with the flow while it records the run's states, events and logs.
     """
-    me, total = os.getpid(), 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    total = 0.0
+    for child in psutil.Process().children():
         try:
-            fields = stat.read_text(encoding="utf-8").rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:  # ended since it was listed
             continue
-        if int(fields[1]) == me:
-            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
-    return total / os.sysconf("SC_CLK_TCK")
+        total += times.user + times.system
+    return total
 
 
 def task_name(task_run_name: str) -> str:

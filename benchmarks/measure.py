@@ -21,6 +21,8 @@ from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import psutil
+
 from benchmarks.cold_start import OwnServices, flow_run_of_batch, own_services, project_env
 from benchmarks.drift_check import measure_drift_check
 from benchmarks.projects import build_runs, build_warmup, make_project
@@ -137,10 +139,12 @@ def merged_table_bytes(params: Path) -> int:
     """In-memory size of the flow's final merged table (the batch files its manifest lists)."""
     import pandas as pd
 
+    from retrain_pipeline.config import load_settings
     from retrain_pipeline.data import merge_batches, parse_training_manifest
 
-    processed = params.parent / "data" / "processed"
-    files = parse_training_manifest((processed / "training_data.json").read_text(encoding="utf-8"))
+    settings = load_settings(params)
+    processed = settings.data.processed_dir
+    files = parse_training_manifest(settings.training_manifest_file.read_text(encoding="utf-8"))
     frame = merge_batches([pd.read_parquet(processed / f.file) for f in files])
     return int(frame.memory_usage(deep=True).sum())
 
@@ -238,13 +242,6 @@ def run_cli_with_services(own: OwnServices, params: Path, env: dict[str, str]) -
 
 def machine_info() -> Machine:
     """Cores, memory, Python, platform and the versions of the main packages."""
-    memory_kib = 0
-    try:
-        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("MemTotal:"):
-                memory_kib = int(line.split()[1])
-    except OSError:
-        pass
     versions = {}
     for name in PACKAGES:
         try:
@@ -253,7 +250,7 @@ def machine_info() -> Machine:
             versions[name] = "not installed"
     return Machine(
         cpu_count=os.cpu_count(),
-        memory_bytes=memory_kib * 1024,
+        memory_bytes=psutil.virtual_memory().total,
         python=platform.python_version(),
         platform=platform.platform(),
         packages=versions,
