@@ -103,6 +103,7 @@ def make_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RETRAIN_STATE_DATABASE_URL", raising=False)
     monkeypatch.delenv("RETRAIN_DVC_REMOTE", raising=False)
+    monkeypatch.delenv("RETRAIN_ALERT_WEBHOOK_URL", raising=False)
 
     def _make(name: str = "project", **overrides: Any) -> Path:
         root = tmp_path / name

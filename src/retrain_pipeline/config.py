@@ -62,6 +62,7 @@ ENV_OVERRIDES = {
     "RETRAIN_STATE_DATABASE_URL": ("stores", "state_database_url"),
     "RETRAIN_DVC_REMOTE": ("stores", "dvc_remote"),
     "RETRAIN_CODE_SOURCE": ("automation", "code_source"),
+    "RETRAIN_ALERT_WEBHOOK_URL": ("alerts", "webhook_url"),
 }
 
 
@@ -431,6 +432,85 @@ class MonitoringConfig(_Section):
         return DriftRules(**self.model_dump(include=names))
 
 
+#: The events ``alerts.events`` can name (a contract: users filter their channels by them).
+ALERT_EVENTS = (
+    "batch_rejected",
+    "batch_failed",
+    "run_crashed",
+    "dataset_drift",
+    "champion_decay",
+    "model_promoted",
+    "schedule_paused",
+)
+AlertEvent = Literal[
+    "batch_rejected",
+    "batch_failed",
+    "run_crashed",
+    "dataset_drift",
+    "champion_decay",
+    "model_promoted",
+    "schedule_paused",
+]
+
+
+class AlertsConfig(_Section):
+    """Who hears what happens: a Slack-compatible webhook and the events sent to it."""
+
+    # http(s) URL of an incoming webhook (Slack, Teams, or anything that takes a JSON POST);
+    # null: no messages. RETRAIN_ALERT_WEBHOOK_URL overrides it (keep secrets out of the file).
+    webhook_url: str | None = None
+    events: tuple[AlertEvent, ...] = ALERT_EVENTS
+    project_name: str | None = Field(default=None, min_length=1, max_length=100)  # null: the folder's name
+    timeout_seconds: float = Field(default=2.0, gt=0, le=30)  # per delivery attempt
+    retries: int = Field(default=2, ge=0, le=5)  # attempts after the first, 0.5 s then 1 s apart
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return validate_webhook_url(value.strip())
+
+    @field_validator("events")
+    @classmethod
+    def _unique_events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        duplicates = sorted({e for e in value if value.count(e) > 1})
+        if duplicates:
+            raise ValueError(f"events listed twice: {duplicates}")
+        return value
+
+    def wants(self, event: str) -> bool:
+        """Whether ``event`` is delivered: a webhook is set and the event is chosen."""
+        return self.webhook_url is not None and event in self.events
+
+
+def validate_webhook_url(url: str) -> str:
+    """Accept an ``http://`` or ``https://`` URL with a host and no whitespace."""
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise ValueError("a webhook URL must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host")
+    return url
+
+
+def redact_webhook(url: str) -> str:
+    """A webhook URL without its secret part (the path and query), for messages and logs."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}/..." if parts.path.strip("/") else url
+
+
+class ServingConfig(_Section):
+    """The scoring server of ``make serve``, which follows the ``champion`` alias."""
+
+    poll_seconds: float = Field(default=2.0, ge=0.2, le=60)  # how often it checks the alias
+    max_request_bytes: int = Field(default=10_000_000, ge=1024, le=1_000_000_000)  # larger: 413
+
+
 class PathsConfig(_Section):
     """Where the pipeline writes its outputs."""
 
@@ -452,6 +532,8 @@ class Settings(_Section):
     paths: PathsConfig = Field(default_factory=dict)  # type: ignore[assignment]
     stores: StoresConfig = Field(default_factory=dict)  # type: ignore[assignment]
     monitoring: MonitoringConfig = Field(default_factory=dict)  # type: ignore[assignment]
+    alerts: AlertsConfig = Field(default_factory=dict)  # type: ignore[assignment]
+    serving: ServingConfig = Field(default_factory=dict)  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _versioned_outputs_inside_root(self) -> Settings:
@@ -470,6 +552,11 @@ class Settings(_Section):
     def project_id(self) -> str:
         """A short stable id of the project folder, tagged on its MLflow runs."""
         return hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+
+    @property
+    def project_name(self) -> str:
+        """What alerts call this project: ``alerts.project_name``, else the folder's name."""
+        return self.alerts.project_name or self.root.name
 
     @property
     def lock_file(self) -> Path:
@@ -546,7 +633,9 @@ def _describe(exc: ValidationError) -> str:
         if isinstance(value, dict):
             problems.append(f"{key}: {message}")
             continue
-        shown = repr(redact_url(value) if isinstance(value, str) else value)  # never a password
+        if isinstance(value, str):  # never a password, nor a webhook's secret path
+            value = redact_webhook(value) if key == "alerts.webhook_url" else redact_url(value)
+        shown = repr(value)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         problems.append(f"{key}: {message} (got {shown})")
     return "; ".join(problems)

@@ -59,3 +59,8 @@ class PipelineBusyError(StateError):
 
 class DeploymentError(PipelineError):
     """The Prefect API refused or cannot be reached."""
+
+
+class ScoringError(PipelineError):
+    """A model cannot score the given input (a missing column, a wrong type, an unreadable
+    file) or the model to score with cannot be found or loaded."""
