@@ -500,8 +500,13 @@ def validate_webhook_url(url: str) -> str:
 
 def redact_webhook(url: str) -> str:
     """A webhook URL without its secret part (the path and query), for messages and logs."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}/..." if parts.path.strip("/") else url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an unparsable URL)"
+    if not (parts.path.strip("/") or parts.query or "@" in parts.netloc):
+        return url
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}/..."
 
 
 class ServingConfig(_Section):

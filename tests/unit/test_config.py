@@ -12,11 +12,13 @@ import pytest
 from pydantic import ValidationError
 
 from retrain_pipeline.config import (
+    ALERT_EVENTS,
     ESTIMATORS,
     Settings,
     estimator_class,
     load_settings,
     redact_url,
+    redact_webhook,
     resolve_tracking_uri,
 )
 from retrain_pipeline.errors import ConfigError
@@ -795,3 +797,78 @@ def test_every_command_finds_its_params_file_one_way(tmp_path: Path, monkeypatch
     # A worker's own params file wins over the project's (RETRAIN_PARAMS, relative to the project).
     monkeypatch.setenv(PARAMS_ENV, "worker/params.yaml")
     assert params_for_command(None, default) == project / "worker" / "params.yaml"
+
+
+# --------------------------------------------------------------------------- alerts and serving
+
+
+def test_alerts_are_off_and_serving_polls_by_default(tmp_path: Path) -> None:
+    settings = load_settings(None, default_root=tmp_path)
+    assert settings.alerts.webhook_url is None
+    assert settings.alerts.events == ALERT_EVENTS
+    assert not any(settings.alerts.wants(event) for event in ALERT_EVENTS)
+    assert settings.project_name == tmp_path.name
+    assert settings.serving.poll_seconds == 2.0
+    assert settings.serving.max_request_bytes == 10_000_000
+
+
+def test_alerts_from_the_file_and_the_webhook_from_the_environment(
+    make_project: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = make_project(
+        alerts={
+            "webhook_url": "http://127.0.0.1:9/hook",
+            "events": ["batch_failed", "run_crashed"],
+            "project_name": "fraud-model",
+        }
+    )
+    settings = load_settings(params)
+    assert settings.alerts.webhook_url == "http://127.0.0.1:9/hook"
+    assert settings.alerts.wants("run_crashed")
+    assert not settings.alerts.wants("model_promoted")
+    assert settings.project_name == "fraud-model"
+    monkeypatch.setenv("RETRAIN_ALERT_WEBHOOK_URL", "https://hooks.example.com/services/T0/B0/secret")
+    assert load_settings(params).alerts.webhook_url == "https://hooks.example.com/services/T0/B0/secret"
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"webhook_url": "ftp://host/hook"}, "http:// or https://"),
+        ({"webhook_url": "http:///no-host"}, "with a host"),
+        ({"webhook_url": "https://host/a b"}, "whitespace"),
+        ({"webhook_url": "https://host:99999/x"}, "not a URL"),
+        ({"events": ["batch_failed", "model_promoted", "batch_failed"]}, "listed twice"),
+        ({"events": ["model_retired"]}, "alerts.events.0"),
+        ({"timeout_seconds": 0}, "greater than 0"),
+        ({"retries": 9}, "less than or equal to 5"),
+        ({"color": "red"}, "unknown key"),
+    ],
+)
+def test_bad_alert_settings_name_the_key(make_project: Any, section: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=r"alerts\.") as excinfo:
+        load_settings(make_project(alerts=section))
+    assert message in str(excinfo.value)
+
+
+def test_a_webhook_secret_never_shows_in_a_config_error(make_project: Any) -> None:
+    params = make_project(alerts={"webhook_url": "ftp://hooks.example.com/services/T0/B0/topsecret"})
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(params)
+    assert "topsecret" not in str(excinfo.value)
+    assert "hooks.example.com" in str(excinfo.value)
+    assert redact_webhook("https://hooks.example.com/services/x?token=y") == "https://hooks.example.com/..."
+    assert redact_webhook("http://127.0.0.1:8080") == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"poll_seconds": 0.1}, "serving.poll_seconds"),
+        ({"max_request_bytes": 10}, "serving.max_request_bytes"),
+        ({"port": 5050}, "serving.port: unknown key"),
+    ],
+)
+def test_bad_serving_settings_name_the_key(make_project: Any, section: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(make_project(serving=section))
