@@ -21,7 +21,7 @@ from journeys_support import REPO, Project, copy_project, journey_env, kill_reco
 def project(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Project]:
     """A fresh copy of the project; whatever it started is stopped afterwards."""
     root = copy_project(REPO, tmp_path / "project")
-    ports = {"prefect": free_port(), "mlflow": free_port()}
+    ports = {"prefect": free_port(), "mlflow": free_port(), "serve": free_port()}
     home = tmp_path / "home"
     home.mkdir()
     proj = Project(root, journey_env(ports, home), ports)

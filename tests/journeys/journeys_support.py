@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -118,6 +119,10 @@ MAKE_VARIABLES = (
     "FORCE",
     "JSON",
     "PREFECT_HOST",
+    "SERVE_HOST",
+    "SERVE_PORT",
+    "INPUT",
+    "OUTPUT",
     "PREFECT_PORT",
     "MLFLOW_HOST",
     "MLFLOW_PORT",
@@ -134,6 +139,12 @@ MAKE_VARIABLES = (
 )
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def journey_env(ports: dict[str, int], home: Path) -> dict[str, str]:
     """The user's shell: no Prefect, MLflow or make settings, an empty home; the ports as make variables."""
     env = {
@@ -145,6 +156,8 @@ def journey_env(ports: dict[str, int], home: Path) -> dict[str, str]:
     env.update(
         PREFECT_PORT=str(ports["prefect"]),
         MLFLOW_PORT=str(ports["mlflow"]),
+        # make demo and make serve start the scoring server: on its own port, never 5050.
+        SERVE_PORT=str(ports.get("serve") or _free_port()),
         # The worker asks for new runs every 2 s instead of 10 s: shorter tests, same code paths.
         PREFECT_WORKER_QUERY_SECONDS="2",
     )
