@@ -6,46 +6,18 @@ from __future__ import annotations
 import getpass
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from retrain_pipeline import data, manifests, tracking, versioning
-from retrain_pipeline.arguments import DEFAULT_HOST, DEFAULT_MLFLOW_PORT, DEFAULT_PREFECT_PORT
+from retrain_pipeline import data, links, manifests, tracking, versioning
 from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import StateError
 from retrain_pipeline.fileio import atomic_path
 from retrain_pipeline.reporting import drift_summary
 from retrain_pipeline.state import BatchRecord, Rollback, utc_now
 from retrain_pipeline.state_stores import state_store
-
-
-def _mlflow_ui(settings: Settings) -> str:
-    """The tracking server, else the project's running MLflow server, else the default address."""
-    if settings.mlflow.is_remote:
-        return settings.mlflow.tracking_uri.rstrip("/")
-    from retrain_pipeline.services import running_urls
-
-    return running_urls(settings).get("mlflow", f"http://{DEFAULT_HOST}:{DEFAULT_MLFLOW_PORT}").rstrip("/")
-
-
-def _prefect_ui(settings: Settings) -> str:
-    """PREFECT_API_URL's UI, else the project's running Prefect server's, else the default."""
-    from retrain_pipeline.services import running_urls
-
-    api = os.environ.get("PREFECT_API_URL", "").strip() or running_urls(settings).get("prefect", "")
-    api = api.rstrip("/")
-    return api.removesuffix("/api") if api else f"http://{DEFAULT_HOST}:{DEFAULT_PREFECT_PORT}"
-
-
-def _mlflow_run_link(settings: Settings, experiment_id: str | None, run_id: str | None) -> str | None:
-    return f"{_mlflow_ui(settings)}/#/experiments/{experiment_id}/runs/{run_id}" if run_id else None
-
-
-def _flow_run_link(settings: Settings, flow_run_id: str | None) -> str | None:
-    return f"{_prefect_ui(settings)}/runs/flow-run/{flow_run_id}" if flow_run_id else None
 
 
 def _cache_state(settings: Settings, md5: str | None) -> str:
@@ -90,13 +62,13 @@ def lineage(settings: Settings, *, batch: int | None = None, version: str | None
         "is_champion": state.champion_version == version,
         "is_batch_latest_model": bool(record and record.model_version == version),
         "mlflow_run_id": run_id,
-        "mlflow_run_link": _mlflow_run_link(settings, info.experiment_id, run_id),
+        "mlflow_run_link": links.mlflow_run_link(settings, info.experiment_id, run_id),
         "data_md5": info.tags.get(tracking.DATA_MD5_TAG),
         "data_in_dvc_cache": _cache_state(settings, info.tags.get(tracking.DATA_MD5_TAG)),
         "model_md5": info.tags.get(tracking.MODEL_MD5_TAG),
         "model_in_dvc_cache": _cache_state(settings, info.tags.get(tracking.MODEL_MD5_TAG)),
         "prefect_flow_run_id": flow_run_id,
-        "prefect_flow_run_link": _flow_run_link(settings, flow_run_id),
+        "prefect_flow_run_link": links.flow_run_link(settings, flow_run_id),
         "params": info.run_params,
         "trained": True,
         "skip_reason": None,
@@ -120,13 +92,13 @@ def _untrained_lineage(
         "is_champion": False,
         "is_batch_latest_model": True,
         "mlflow_run_id": run_id,
-        "mlflow_run_link": _mlflow_run_link(settings, experiment_id, run_id),
+        "mlflow_run_link": links.mlflow_run_link(settings, experiment_id, run_id),
         "data_md5": record.data_md5,
         "data_in_dvc_cache": _cache_state(settings, record.data_md5),
         "model_md5": None,
         "model_in_dvc_cache": None,
         "prefect_flow_run_id": flow_run_id,
-        "prefect_flow_run_link": _flow_run_link(settings, flow_run_id),
+        "prefect_flow_run_link": links.flow_run_link(settings, flow_run_id),
         "params": {},
         "trained": False,
         "skip_reason": record.skip_reason,
