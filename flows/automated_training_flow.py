@@ -28,6 +28,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
 from retrain_pipeline import tracking
+from retrain_pipeline.alert_tasks import RunAlerts
 from retrain_pipeline.api_server import TemporaryApiServer
 from retrain_pipeline.api_server import started as started_api_server
 from retrain_pipeline.arguments import batch_argument
@@ -134,19 +135,31 @@ def automated_training_flow(
     logger.info(
         "Params: %s; tracking: %s", settings.params_file or "built-in defaults", settings.mlflow.tracking_uri
     )
+    alerts = RunAlerts(settings)
     try:
         store = state_store(settings)
         with store.lock({"flow_run_id": flow_run.id}) as holder:
             # Under the lock: two first runs must not both initialise DVC.
             prepare_project(settings)
-            return _process_batch(settings, store, batch_number, force, holder)
+            return _process_batch(settings, store, batch_number, force, holder, alerts)
     except PipelineBusyError as exc:
         logger.warning("Nothing done: %s", exc)
         return _outcome("busy", batch_number, str(exc))
+    except DataValidationError:
+        raise  # rejected: its alert went out once the rejection was recorded
+    except Exception as exc:
+        # Any failure, before the batch was chosen too (the state store or a server unreachable).
+        alerts.failed(exc)
+        raise
 
 
 def _process_batch(
-    settings: Settings, store: StateStore, requested: int | None, force: bool, holder: LockHandle
+    settings: Settings,
+    store: StateStore,
+    requested: int | None,
+    force: bool,
+    holder: LockHandle,
+    alerts: RunAlerts,
 ) -> Outcome:
     logger = get_run_logger()
     state, choice = choose_batch(settings, store, requested, force)
@@ -155,8 +168,10 @@ def _process_batch(
         logger.info("Nothing to do: %s", choice.reason)
         if choice.all_done and settings.automation.pause_when_done and deployment.id:
             pause_schedule(str(deployment.id))
+            alerts.paused(str(deployment.name), choice.reason)
         return _outcome("nothing_to_do", None, choice.reason)
     holder.update({"batch": n})
+    alerts.chose(n)
     logger.info("Processing batch %d (%s)", n, choice.reason)
     started = utc_now()
     batch: BatchInput | None = None
@@ -173,6 +188,7 @@ def _process_batch(
         )
         rejected_state = record_batch(settings, store, state, n, record, state.champion_version)
         publish_reports(settings, rejected_state, None, None, n)
+        alerts.rejected(exc)
         raise
     try:
         experiment_id, champion = load_champion(settings, state)
@@ -190,6 +206,7 @@ def _process_batch(
     promoted_version = committed.record.model_version if committed.record.promoted else None
     tag_and_promote(settings, committed.run_id, promoted_version, committed.model_file)
     publish_reports(settings, committed.state, committed.run_id, committed.report, n)
+    alerts.completed(n, committed.record, experiment_id)
     return _completed(n, committed.record)
 
 

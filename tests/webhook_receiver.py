@@ -25,6 +25,7 @@ SECRET_PATH = "/services/T0000/B0000/s3cr3t-token"
 class Received:
     body: dict[str, Any]
     at: float  # time.monotonic() when it arrived
+    wall: float  # time.time() when it arrived
     status: int  # what the receiver answered
 
 
@@ -44,7 +45,7 @@ class WebhookReceiver:
                     time.sleep(receiver.hang_s)
                 with receiver._lock:
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
-                    receiver.received.append(Received(json.loads(raw), time.monotonic(), status))
+                    receiver.received.append(Received(json.loads(raw), time.monotonic(), time.time(), status))
                 try:
                     self.send_response(status)
                     self.end_headers()
