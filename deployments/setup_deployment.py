@@ -12,6 +12,11 @@ and an automation named after the deployment marks a run Crashed once
 :data:`MISSED_HEARTBEATS` heartbeats in a row are missing (its worker or machine died). Crashed
 releases the run's deployment concurrency slot, so the next scheduled run starts; the
 pipeline lock (a ``flock``) was already freed by the kernel when the run's process died.
+
+Crashed runs cannot send their own alert: when ``alerts`` wants ``run_crashed``, a second
+automation sends one through a Prefect custom-webhook block (the webhook URL kept in the
+block's secrets) when a run of this deployment turns Crashed; otherwise that automation and
+block are removed.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any, cast
 from uuid import UUID
 
 from prefect import Flow, get_client
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import (
     ConcurrencyLimitConfig,
@@ -36,16 +42,25 @@ from prefect.client.schemas.objects import (
     FlowRun,
     StateType,
 )
-from prefect.events.actions import ChangeFlowRunState
+from prefect.events.actions import ChangeFlowRunState, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 from prefect.exceptions import FlowRunWaitTimeout, ObjectNotFound
 from prefect.flow_runs import wait_for_flow_run
 from prefect.runner.storage import GitRepository
 from prefect.schedules import Cron
+from prefect.types import SecretDict
 from pydantic import ValidationError
 
-from retrain_pipeline.config import AutomationConfig, Settings, load_settings, params_for_command
+from retrain_pipeline import links
+from retrain_pipeline.alert_tasks import BATCH_TAG_PREFIX
+from retrain_pipeline.config import (
+    AutomationConfig,
+    Settings,
+    load_settings,
+    params_for_command,
+    redact_webhook,
+)
 from retrain_pipeline.errors import ConfigError, DeploymentError, PipelineError
 from retrain_pipeline.prefect_runtime import HEARTBEAT_ENV
 
@@ -197,6 +212,122 @@ def crash_automation(deployment_id: UUID, deployment_name: str, heartbeat_s: int
     )
 
 
+def crash_alert_name(deployment_name: str) -> str:
+    return f"{FLOW_NAME}/{deployment_name}: alert on crashed runs"
+
+
+def crash_alert_block_name(deployment_name: str) -> str:
+    """The webhook block's name (Prefect block names: lowercase letters, digits and dashes)."""
+    slug = "".join(ch if ch.isalnum() else "-" for ch in deployment_name.lower()).strip("-")
+    return f"retrain-crash-alert-{slug or 'deployment'}"
+
+
+def crash_alert_block(settings: Settings) -> CustomWebhookNotificationBlock:
+    """The webhook as a Prefect notification block: the same JSON keys as the flow's alerts.
+
+    The block puts the rendered ``body`` and ``subject`` (the batch, from the run's
+    ``batch:<N>`` tag) into ``json_data`` as JSON strings, so any text is safe there. The URL
+    lives in the block's secrets (hidden in the UI), the block's ``url`` only names it.
+    """
+    url = settings.alerts.webhook_url
+    assert url is not None
+    return CustomWebhookNotificationBlock(
+        name=crash_alert_block_name(settings.automation.deployment_name),
+        url="{{webhook_url}}",
+        method="POST",
+        json_data={
+            "text": "{{body}}",
+            "event": "run_crashed",
+            "project": settings.project_name,
+            "batch": "{{subject}}",
+            "reason": "the flow run crashed (its process or machine died)",
+        },
+        secrets=SecretDict({"webhook_url": url}),
+        headers={"Content-Type": "application/json"},
+        cookies={},
+        timeout=settings.alerts.timeout_seconds,
+    )
+
+
+def crash_alert(settings: Settings, deployment_id: UUID, block_id: UUID) -> AutomationCore:
+    """When a run of this deployment turns Crashed, send one message through ``block_id``.
+
+    Template variables (Prefect 3.8 ``SendNotification``): ``flow_run`` is read from the API
+    for the event's flow run (name, id, tags, state); the batch comes from its ``batch:<N>``
+    tag, which the flow adds once it has chosen the batch (empty before that).
+    """
+    deployment_name = settings.automation.deployment_name
+    batch = (
+        f'{{% for tag in flow_run.tags if tag.startswith("{BATCH_TAG_PREFIX}") %}}'
+        f"{{{{ tag[{len(BATCH_TAG_PREFIX)}:] }}}}{{% else %}}unknown{{% endfor %}}"
+    )
+    run_url = f"{links.prefect_ui(settings)}/runs/flow-run/{{{{ flow_run.id }}}}"
+    body = (
+        f"[{settings.project_name}] batch {batch}: run crashed: flow run {{{{ flow_run.name }}}} "
+        f"({{{{ flow_run.id }}}}) of {FLOW_NAME}/{deployment_name}: {{{{ flow_run.state.message }}}}\n"
+        f"Prefect run: {run_url}"
+    )
+    return AutomationCore(
+        name=crash_alert_name(deployment_name),
+        description=(
+            f"Created by deployments/setup_deployment.py for {FLOW_NAME}/{deployment_name}: a crashed "
+            "run cannot send its own alert, so this sends the run_crashed message (alerts.webhook_url)."
+        ),
+        enabled=True,
+        trigger=EventTrigger(
+            expect={"prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+            match_related=ResourceSpecification(
+                {
+                    "prefect.resource.role": "deployment",
+                    "prefect.resource.id": f"prefect.deployment.{deployment_id}",
+                }
+            ),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[SendNotification(block_document_id=block_id, subject=batch, body=body)],
+    )
+
+
+def ensure_crash_alert(settings: Settings, deployment_id: UUID) -> str:
+    """The crashed-run alert (block and automation) when ``run_crashed`` is wanted, else neither;
+    one line saying what was done."""
+    name = crash_alert_name(settings.automation.deployment_name)
+    block_name = crash_alert_block_name(settings.automation.deployment_name)
+    url = settings.alerts.webhook_url
+    if url is not None and settings.alerts.wants("run_crashed"):
+        # save() is typed "UUID | Coroutine" (sync/async dual); called synchronously it is a UUID.
+        block_id = cast(UUID, crash_alert_block(settings).save(block_name, overwrite=True))
+        automation_id, done = ensure_automation(crash_alert(settings, deployment_id, block_id))
+        return (
+            f"automation {name!r} ({done}, {automation_id}): a crashed run is reported to "
+            f"{redact_webhook(url)} (block {block_name!r})"
+        )
+    removed = remove_crash_alert(name, block_name)
+    why = "alerts.webhook_url is not set" if url is None else "run_crashed is not in alerts.events"
+    return f"crashed runs are not reported ({why})" + (f"; removed {removed}" if removed else "")
+
+
+def remove_crash_alert(name: str, block_name: str) -> str:
+    """Delete the crashed-run automation(s) and the webhook block; what was removed, or ''."""
+    removed = []
+    with get_client(sync_client=True) as client:
+        for automation in client.read_automations_by_name(name):
+            client.delete_automation(automation.id)
+            removed.append(f"automation {name!r}")
+        try:
+            block = client.read_block_document_by_name(block_name, block_type_slug="custom-webhook")
+        except ObjectNotFound:
+            block = None
+        if block is not None and block.id is not None:
+            client.delete_block_document(block.id)
+            removed.append(f"block {block_name!r}")
+    return " and ".join(removed)
+
+
 def ensure_automation(automation: AutomationCore) -> tuple[UUID, str]:
     """Create the automation, or update the one with its name; returns its id and what was done.
 
@@ -277,6 +408,7 @@ def deploy_and_report(settings: Settings, tracking_uri: str | None) -> UUID:
         "(its worker or machine died) is marked Crashed and frees the deployment's slot",
         flush=True,
     )
+    print(ensure_crash_alert(settings, deployment_id), flush=True)
     return deployment_id
 
 

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
 from uuid import uuid4
 
 import pytest
+import yaml
 from prefect.client.schemas.objects import StateType
-from prefect.events.actions import ChangeFlowRunState
+from prefect.events.actions import ChangeFlowRunState, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
+from prefect.server.utilities.user_templates import render_user_template_sync
 
 from deployments.setup_deployment import (
     DEFAULT_HEARTBEAT_S,
+    crash_alert,
+    crash_alert_block,
+    crash_alert_block_name,
+    crash_alert_name,
     crash_automation,
     crash_automation_name,
     heartbeat_seconds,
     same_definition,
 )
+from retrain_pipeline.config import Settings, load_settings
 from retrain_pipeline.errors import ConfigError
 
 VAR = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
@@ -94,3 +104,55 @@ def test_an_automation_read_back_from_the_api_counts_as_unchanged() -> None:
     assert same_definition(read_back, wanted)
     assert not same_definition(read_back, crash_automation(deployment_id, "nightly", 60))
     assert not same_definition(read_back, crash_automation(uuid4(), "nightly", 30))
+
+
+def alerting_settings(tmp_path: Path, **alerts: object) -> Settings:
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"alerts": {"project_name": "churn", **alerts}}), encoding="utf-8"
+    )
+    return load_settings(tmp_path / "params.yaml")
+
+
+def test_the_crash_alert_renders_batch_run_and_message_into_safe_json(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:9/services/T0/B0/s3cr3t"
+    settings = alerting_settings(tmp_path, webhook_url=url)
+    deployment_id, block_id = uuid4(), uuid4()
+    automation = crash_alert(settings, deployment_id, block_id)
+    assert automation.name == crash_alert_name("automated-retraining")
+    trigger = automation.trigger
+    assert isinstance(trigger, EventTrigger) and trigger.posture == Posture.Reactive
+    assert trigger.expect == {"prefect.flow-run.Crashed"} and trigger.threshold == 1
+    assert isinstance(trigger.match_related, ResourceSpecification)
+    assert trigger.match_related.root["prefect.resource.id"] == f"prefect.deployment.{deployment_id}"
+    (action,) = automation.actions
+    assert isinstance(action, SendNotification) and action.block_document_id == block_id
+
+    # Rendered as Prefect's server renders it (its sandboxed Jinja), with a message full of quotes.
+    run_id = uuid4()
+    message = 'No heartbeat for 90 s: "dead"\nworker {gone}'
+    flow_run = SimpleNamespace(
+        id=run_id, name="brave-fox", tags=["retraining", "batch:7"], state=SimpleNamespace(message=message)
+    )
+    subject = render_user_template_sync(action.subject, {"flow_run": flow_run})
+    body = render_user_template_sync(action.body, {"flow_run": flow_run})
+    assert subject == "7"
+    assert body.startswith(f"[churn] batch 7: run crashed: flow run brave-fox ({run_id}) of ")
+    assert message in body and body.endswith(f"/runs/flow-run/{run_id}")
+    untagged = SimpleNamespace(**{**vars(flow_run), "tags": ["retraining"]})
+    assert render_user_template_sync(action.subject, {"flow_run": untagged}) == "unknown"
+
+    block = crash_alert_block(settings)
+    request = block._build_request_args(body=body, subject=subject)
+    assert request["url"] == url and "s3cr3t" not in block.url
+    sent = json.loads(json.dumps(request["json"]))  # what httpx sends with json=
+    assert sent == {
+        "text": body,
+        "event": "run_crashed",
+        "project": "churn",
+        "batch": "7",
+        "reason": "the flow run crashed (its process or machine died)",
+    }
+
+
+def test_the_crash_alert_block_name_is_a_valid_block_name() -> None:
+    assert crash_alert_block_name("Automated_Retraining 2") == "retrain-crash-alert-automated-retraining-2"
