@@ -11,6 +11,10 @@ MLFLOW_HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 PREFECT_HOST ?= 127.0.0.1
 PREFECT_PORT ?= 4200
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 5050
+INPUT ?=
+OUTPUT ?=
 WAIT ?= 600
 # make test: test files run in this many processes at once (pytest-xdist). Most of a test's time
 # is spent waiting for servers, workers and subprocesses, so more than the 2 cores pays off.
@@ -33,6 +37,7 @@ STAMP := $(VENV)/.installed
 # Values from the command line reach recipes through the environment ("$$VAR"), never by
 # pasting them into shell text.
 export PARAMS BATCH VERSION REASON PREFECT_HOST PREFECT_PORT MLFLOW_HOST MLFLOW_PORT WAIT TEST_WORKERS \
+	SERVE_HOST SERVE_PORT INPUT OUTPUT \
 	CLUSTER_HOST CLUSTER_POSTGRES_PORT CLUSTER_PREFECT_PORT CLUSTER_MLFLOW_PORT CLUSTER_WORKERS
 
 # Prefect's home (.prefect/ beside the params file) and its other settings are chosen by the
@@ -42,7 +47,7 @@ export PYTHONUNBUFFERED := 1
 .PHONY: help install setup run run-manual run-all status demo mlflow-ui clean test lint \
 	start-services stop-services services-status deploy start-worker start-agent start-worker-bg \
 	stop-worker trigger stop rebuild-state lineage rollback restore-data bench bench-smoke \
-	start-cluster stop-cluster cluster-status
+	start-cluster stop-cluster cluster-status serve predict
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -69,7 +74,7 @@ setup: install ## Create folders, `dvc init` once and write the raw demo data
 
 SERVICES := $(PY) -m retrain_pipeline.services
 ENDPOINTS := --prefect-host "$$PREFECT_HOST" --prefect-port "$$PREFECT_PORT" \
-	--mlflow-host "$$MLFLOW_HOST" --mlflow-port "$$MLFLOW_PORT"
+	--mlflow-host "$$MLFLOW_HOST" --mlflow-port "$$MLFLOW_PORT" --serve-host "$$SERVE_HOST" --serve-port "$$SERVE_PORT"
 # Deploying and triggering talk to the running services. (Flow runs find them by themselves.)
 SERVICES_ENV = $$($(SERVICES) env --params "$$PARAMS")
 
@@ -86,9 +91,9 @@ run-all: install ## Process every pending batch now, one flow run each, without 
 start-services: setup ## Start Prefect (PREFECT_HOST:PREFECT_PORT) and MLflow (MLFLOW_HOST:MLFLOW_PORT) servers
 	$(SERVICES) start prefect mlflow --params "$$PARAMS" $(ENDPOINTS)
 
-stop-services: stop ## Alias of make stop (the worker and both servers)
+stop-services: stop ## Alias of make stop (the scoring server, the worker and both servers)
 
-services-status: install ## Which of prefect, mlflow, worker are running
+services-status: install ## Which of prefect, mlflow, worker, serve are running
 	@$(SERVICES) status --params "$$PARAMS"
 
 deploy: install ## Register the cron deployment and its crashed-run automation (needs start-services)
@@ -110,8 +115,8 @@ stop-worker: install ## Stop the background worker
 trigger: install ## Start one deployment run now and wait for it (WAIT=seconds)
 	env $(SERVICES_ENV) $(PY) deployments/setup_deployment.py --params "$$PARAMS" --run-now --wait "$$WAIT"
 
-stop: install ## Stop everything: worker, MLflow and Prefect servers
-	$(SERVICES) stop worker mlflow prefect --params "$$PARAMS"
+stop: install ## Stop everything: scoring server, worker, MLflow and Prefect servers
+	$(SERVICES) stop serve worker mlflow prefect --params "$$PARAMS"
 
 status: install ## Table of batches, metrics, promotions and the champion (JSON=1 for JSON)
 	@$(PY) -m retrain_pipeline.cli status --params "$$PARAMS" $(if $(JSON),--json,)
@@ -119,13 +124,24 @@ status: install ## Table of batches, metrics, promotions and the champion (JSON=
 demo: setup ## The full story: services, deployment, worker, a first run now, then every 2 minutes
 	$(SERVICES) start prefect mlflow worker --params "$$PARAMS" $(ENDPOINTS)
 	$(MAKE) --no-print-directory trigger
+	$(SERVICES) start serve --params "$$PARAMS" $(ENDPOINTS)
 	@$(MAKE) --no-print-directory status
 	@echo
 	@echo "Prefect UI:  http://$$PREFECT_HOST:$$PREFECT_PORT   (deployment automated-training/...)"
 	@echo "MLflow UI:   http://$$MLFLOW_HOST:$$MLFLOW_PORT   (experiment and registered model)"
+	@echo "Champion:    http://$$SERVE_HOST:$$SERVE_PORT/invocations   (follows the champion alias), e.g."
+	@echo "  head -3 data/raw/breast_cancer.csv | curl -s -H 'Content-Type: text/csv' --data-binary @- http://$$SERVE_HOST:$$SERVE_PORT/invocations"
 	@echo "The worker keeps running: the schedule trains the next batch every 2 minutes"
 	@echo "until automation.max_batches, then pauses itself. 'make status' shows progress;"
-	@echo "'make stop' stops the worker and both servers."
+	@echo "'make stop' stops the scoring server, the worker and both servers."
+
+serve: install ## Serve the champion on SERVE_HOST:SERVE_PORT (127.0.0.1:5050) in the background; follows the alias
+	$(SERVICES) start serve --params "$$PARAMS" $(ENDPOINTS)
+
+predict: install ## Score INPUT=file.csv|parquet with the champion (VERSION=V) into OUTPUT (default predictions/)
+	@test -n "$$INPUT" || { echo "usage: make predict INPUT=path.csv|parquet [OUTPUT=path] [VERSION=V]" >&2; exit 2; }
+	@$(PY) -m retrain_pipeline.cli predict --params "$$PARAMS" --input "$$INPUT" \
+	  $(if $(OUTPUT),--output "$$OUTPUT",) $(if $(VERSION),--version "$$VERSION",)
 
 CLUSTER := $(PY) -m retrain_pipeline.cluster
 
@@ -160,8 +176,8 @@ mlflow-ui: install ## MLflow UI over the project's store on MLFLOW_HOST:MLFLOW_P
 	$(PY) -m retrain_pipeline.cli mlflow-ui --params "$$PARAMS" --host "$$MLFLOW_HOST" --port "$$MLFLOW_PORT"
 
 clean: ## Stop the services, remove generated outputs (keeps data/raw, data/landing, params, .venv)
-	@if [ -x "$(PY)" ]; then $(SERVICES) stop worker mlflow prefect --params "$$PARAMS"; fi
-	rm -rf data/processed data/quarantine mlflow.db mlartifacts mlruns .prefect .services \
+	@if [ -x "$(PY)" ]; then $(SERVICES) stop serve worker mlflow prefect --params "$$PARAMS"; fi
+	rm -rf data/processed data/quarantine mlflow.db mlartifacts mlruns .prefect .services predictions \
 	  batch_state.json batch_state.json.* .dvc/cache .dvc/tmp .pytest_cache
 	find models metrics -mindepth 1 ! -name .gitkeep -delete 2>/dev/null || true
 	@echo "Cleaned generated outputs; data/raw, data/landing and .venv are kept."

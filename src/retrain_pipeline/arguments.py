@@ -15,6 +15,7 @@ import re
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PREFECT_PORT = 4200
 DEFAULT_MLFLOW_PORT = 5000
+DEFAULT_SERVE_PORT = 5050
 #: The largest batch number any command accepts (``automation.max_batches`` too).
 MAX_BATCH_NUMBER = 1_000_000
 

@@ -8,6 +8,7 @@ UI, lineage, rollback, restoring data and rebuilding the state call.
     python -m retrain_pipeline.cli lineage       --params params.yaml (--batch N | --version V) [--json]
     python -m retrain_pipeline.cli rollback      --params params.yaml --version V --reason TEXT
     python -m retrain_pipeline.cli restore-data  --params params.yaml --batch N [--out FILE]
+    python -m retrain_pipeline.cli predict       --params params.yaml --input FILE [--output F] [--version V]
 
 Exit codes: 0 done, 1 the command failed (one ``error:`` line), 2 bad arguments. Each command
 imports only what it needs: ``status`` answers in well under a second.
@@ -128,6 +129,26 @@ def _restore_data(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(settings: Settings, args: argparse.Namespace) -> int:
+    """Score a file with the champion (or ``--version``), on the store the flow would use."""
+    from retrain_pipeline import scoring, services
+
+    mlflow = settings.mlflow
+    running = services.running_urls(settings).get("mlflow")
+    if running and not os.environ.get("MLFLOW_TRACKING_URI", "").strip():
+        mlflow = mlflow.model_copy(update={"tracking_uri": running})
+    source = args.input.expanduser().resolve()
+    output = (
+        args.output or settings.root / "predictions" / f"{source.stem}.predictions{source.suffix.lower()}"
+    )
+    scored = scoring.predict_file(mlflow, source, output.expanduser().resolve(), args.version)
+    print(
+        f"wrote {scored.rows} predictions of model {mlflow.registered_model_name} "
+        f"version {scored.version} to {scored.output}"
+    )
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", help="params file (default: the project's params.yaml)")
@@ -157,6 +178,10 @@ def _parser() -> argparse.ArgumentParser:
     restore = command("restore-data", _restore_data, "training data of a batch from DVC")
     restore.add_argument("--batch", type=batch_argument, required=True)
     restore.add_argument("--out", type=Path, help="target file (default: data/processed/restored/...)")
+    predict = command("predict", _predict, "score a CSV or Parquet file with the champion", light=True)
+    predict.add_argument("--input", type=Path, required=True, help="a .csv or .parquet file")
+    predict.add_argument("--output", type=Path, help="default: predictions/<name>.predictions.<ext>")
+    predict.add_argument("--version", type=version_argument, help="default: the champion")
     return parser
 
 

@@ -1,12 +1,12 @@
-"""Background services of the scheduled mode: Prefect server, MLflow server, process worker.
+"""Background services: Prefect server, MLflow server, process worker, scoring server.
 
 Each service runs in its own session (process group) with a pid file and a log file in
 the project's ``.services/`` folder. ``start`` is idempotent and waits until the service
 answers (or fails with the tail of its log); ``stop`` stops exactly the process group that
 ``start`` recorded, and a stale pid file (dead or reused pid) is removed, not trusted.
 
-    python -m retrain_pipeline.services start prefect mlflow worker --params params.yaml
-    python -m retrain_pipeline.services stop worker mlflow prefect --params params.yaml
+    python -m retrain_pipeline.services start prefect mlflow worker serve --params params.yaml
+    python -m retrain_pipeline.services stop serve worker mlflow prefect --params params.yaml
     python -m retrain_pipeline.services status --params params.yaml
     python -m retrain_pipeline.services env --params params.yaml   # for make: URLs of running services
 """
@@ -35,6 +35,7 @@ from retrain_pipeline.arguments import (
     DEFAULT_HOST,
     DEFAULT_MLFLOW_PORT,
     DEFAULT_PREFECT_PORT,
+    DEFAULT_SERVE_PORT,
     host_argument,
     port_argument,
 )
@@ -50,7 +51,7 @@ from retrain_pipeline.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAMES = ("prefect", "mlflow", "worker")
+SERVICE_NAMES = ("prefect", "mlflow", "worker", "serve")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class Endpoints:
     prefect_port: int = DEFAULT_PREFECT_PORT
     mlflow_host: str = DEFAULT_HOST
     mlflow_port: int = DEFAULT_MLFLOW_PORT
+    serve_host: str = DEFAULT_HOST
+    serve_port: int = DEFAULT_SERVE_PORT
 
     @property
     def prefect_api(self) -> str:
@@ -138,6 +141,8 @@ def spec_for(name: str, settings: Settings, endpoints: Endpoints) -> ServiceSpec
     if name == "worker":
         env.update(worker_env(settings))
         return worker_spec(name, settings.automation, env)
+    if name == "serve":
+        return serve_spec(settings, endpoints.serve_host, endpoints.serve_port, env)
     raise ServiceError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}")
 
 
@@ -202,6 +207,22 @@ def worker_spec(
         signal.SIGINT,  # a Prefect worker ignores SIGTERM for a long time; SIGINT stops it
         "worker",
         cwd,
+    )
+
+
+def serve_spec(settings: Settings, host: str, port: int, env: dict[str, str]) -> ServiceSpec:
+    """The scoring server (:mod:`retrain_pipeline.serving`) over the project's tracking store:
+    ``MLFLOW_TRACKING_URI`` if set, else the project's running MLflow server, else the
+    params' store. Ready once ``/model`` answers (the champion, if any, is loaded by then)."""
+    url = f"http://{host}:{port}"
+    argv = [sys.executable, "-m", "retrain_pipeline.serving", "--host", host, "--port", str(port)]
+    if settings.params_file is not None:
+        argv += ["--params", str(settings.params_file)]
+    mlflow_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip() or running_urls(settings).get("mlflow")
+    if mlflow_uri:
+        env = {**env, "MLFLOW_TRACKING_URI": mlflow_uri}
+    return ServiceSpec(
+        "serve", argv, env, url, _http_ok(f"{url}/model"), signal.SIGTERM, "retrain_pipeline.serving"
     )
 
 
@@ -438,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--prefect-port", type=port_argument, default=DEFAULT_PREFECT_PORT)
     common.add_argument("--mlflow-host", type=host_argument, default=DEFAULT_HOST)
     common.add_argument("--mlflow-port", type=port_argument, default=DEFAULT_MLFLOW_PORT)
+    common.add_argument("--serve-host", type=host_argument, default=DEFAULT_HOST)
+    common.add_argument("--serve-port", type=port_argument, default=DEFAULT_SERVE_PORT)
     common.add_argument("--timeout", type=float, default=120.0)
     parser = argparse.ArgumentParser(prog="python -m retrain_pipeline.services")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -455,7 +478,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(
             params_for_command(args.params), default_root=PROJECT_PARAMS.parent, light=True
         )
-        endpoints = Endpoints(args.prefect_host, args.prefect_port, args.mlflow_host, args.mlflow_port)
+        endpoints = Endpoints(
+            args.prefect_host,
+            args.prefect_port,
+            args.mlflow_host,
+            args.mlflow_port,
+            args.serve_host,
+            args.serve_port,
+        )
         if args.command == "start":
             for name in args.names:
                 print(start(spec_for(name, settings, endpoints), settings, args.timeout), flush=True)
