@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import os
 import re
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -432,16 +433,6 @@ class MonitoringConfig(_Section):
         return DriftRules(**self.model_dump(include=names))
 
 
-#: The events ``alerts.events`` can name (a contract: users filter their channels by them).
-ALERT_EVENTS = (
-    "batch_rejected",
-    "batch_failed",
-    "run_crashed",
-    "dataset_drift",
-    "champion_decay",
-    "model_promoted",
-    "schedule_paused",
-)
 AlertEvent = Literal[
     "batch_rejected",
     "batch_failed",
@@ -451,6 +442,8 @@ AlertEvent = Literal[
     "model_promoted",
     "schedule_paused",
 ]
+#: The events ``alerts.events`` can name (a contract: users filter their channels by them).
+ALERT_EVENTS: tuple[AlertEvent, ...] = typing.get_args(AlertEvent)
 
 
 class AlertsConfig(_Section):
