@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -51,10 +52,17 @@ class LoadedModel:
 
 
 def use_store(config: MlflowConfig) -> None:
-    """Point this process's MLflow at the configured store (``models:/`` URIs resolve there)."""
+    """Point this process's MLflow at the configured store (``models:/`` URIs resolve there).
+
+    MLflow's HTTP retries get the configured bound (as the flow's): an unreachable server fails
+    a call after ``mlflow.max_retries`` attempts, not after MLflow's default of minutes.
+    """
     import mlflow
 
     tracking.create_sqlite_store(config)  # a store created whole, as the flow creates it
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(config.retry_backoff_factor)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(config.request_timeout_seconds)
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(config.tracking_uri)
     mlflow.set_registry_uri(config.tracking_uri)
@@ -121,21 +129,80 @@ def self_check(model: LoadedModel) -> None:
         raise ScoringError(f"version {model.version} answered {result.status} to its input example")
 
 
-def required_columns(model: LoadedModel) -> list[str]:
+@dataclass(frozen=True)
+class Column:
+    """One named input of a model's signature."""
+
+    name: str
+    type: str  # MLflow's type name: double, long, integer, float, string, boolean, ...
+    required: bool
+
+
+_NUMERIC = frozenset({"double", "float", "long", "integer"})
+
+
+def signature_columns(model: LoadedModel) -> tuple[Column, ...]:
+    """The named input columns of the model's signature; empty without one (or for a tensor spec)."""
     schema = model.pyfunc.metadata.get_input_schema()
-    if schema is None or not schema.has_input_names():
-        return []
-    return [spec.name for spec in schema.inputs if getattr(spec, "required", True)]
+    if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
+        return ()
+    return tuple(
+        Column(
+            str(spec.name), str(getattr(spec.type, "name", spec.type)), bool(getattr(spec, "required", True))
+        )
+        for spec in schema.inputs
+    )
+
+
+def check_frame(frame: pd.DataFrame, columns: tuple[Column, ...]) -> None:
+    """ScoringError (one line) when ``frame`` does not fit a signature of ``columns``.
+
+    In order: no rows, missing required columns, a column given twice, a numeric column
+    holding text that is not a number (named with its first row and value), infinite values
+    (no scikit-learn estimator takes them). Extra columns are fine (the model ignores them);
+    missing values are left to the model (its imputer fills them, or it says it cannot).
+    """
+    if len(frame) == 0:
+        raise ScoringError("no rows to score")
+    missing = [c.name for c in columns if c.required and c.name not in frame.columns]
+    if missing:
+        raise ScoringError(f"missing column(s) {missing}")
+    for column in columns:
+        if column.name not in frame.columns:
+            continue
+        values = frame[column.name]
+        if values.ndim != 1:
+            raise ScoringError(f"column {column.name!r} appears more than once")
+        problem = _numeric_problem(values, column.type) if column.type in _NUMERIC else None
+        if problem:
+            raise ScoringError(f"column {column.name!r}: {problem}")
+
+
+def _numeric_problem(values: pd.Series, expected: str) -> str | None:
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        numbers = values.astype("float64")
+    else:
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = values[numbers.isna() & values.notna()]
+        if len(bad):
+            value = bad.iloc[0]
+            kind = "string" if isinstance(value, str) else type(value).__name__
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            return f"expected {expected}, got {kind} (row {bad.index[0]}: {shown})"
+    infinite = numbers[numbers.abs() == math.inf]
+    if len(infinite):
+        return f"infinite value(s) in row(s) {list(infinite.index[:3])}: the model takes finite numbers only"
+    return None
 
 
 def predict(model: LoadedModel, frame: pd.DataFrame) -> Any:
-    """Predictions for ``frame``, checked against the signature first; ScoringError (one line)
-    names what does not fit."""
+    """Predictions for ``frame``, checked against the signature first (:func:`check_frame`);
+    ScoringError (one line) names what does not fit."""
     from mlflow.exceptions import MlflowException
 
-    missing = [column for column in required_columns(model) if column not in frame.columns]
-    if missing:
-        raise ScoringError(f"missing column(s) {missing}")
+    check_frame(frame, signature_columns(model))
     try:
         return model.pyfunc.predict(frame)
     except MlflowException as exc:
@@ -198,18 +265,63 @@ def error_body(error_code: str, message: str) -> bytes:
     return json.dumps({"error_code": error_code, "message": _clip(message)}).encode()
 
 
-def rewrite_error(status: int, body: bytes) -> bytes:
-    """An MLflow error response as ``{"error_code", "message"}`` with a one-line message."""
+def rewrite_error(status: int, body: bytes, reason: str | None = None) -> bytes:
+    """An MLflow error response as ``{"error_code", "message"}`` with a one-line message
+    (``reason`` instead of MLflow's, when the caller found a better one)."""
     try:
         payload = json.loads(body)
     except ValueError:
         payload = None
     if isinstance(payload, dict) and "message" in payload:
         code = str(payload.get("error_class") or payload.get("error_code") or "BAD_REQUEST")
-        return error_body(code, one_line(str(payload["message"]), payload.get("stack_trace")))
+        return error_body(code, reason or one_line(str(payload["message"]), payload.get("stack_trace")))
     text = body.decode("utf-8", errors="replace")
     code = "UNSUPPORTED_MEDIA_TYPE" if status == 415 else "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"
     return error_body(code, one_line(text))
+
+
+def table_problem(body: bytes, content_type: str, columns: tuple[Column, ...]) -> str | None:
+    """What :func:`check_frame` says about the table of a request MLflow's app rejected (the
+    same words as ``make predict``); None when the body holds no table we can read loosely
+    (not JSON, a tensor, unparsable) or the table fits (the reason is then MLflow's)."""
+    import pandas as pd
+
+    if not columns:
+        return None
+    mime = content_type.split(";", 1)[0].strip().lower()
+    try:
+        if mime == "text/csv":
+            frame = pd.read_csv(io.BytesIO(body))
+        elif mime == "application/vnd.apache.parquet":
+            frame = pd.read_parquet(io.BytesIO(body))
+        elif mime == "application/json":
+            frame = _json_table(json.loads(body))
+        else:
+            return None
+    except (ValueError, TypeError, OSError):  # JSON, pandas and pyarrow parse errors are ValueErrors
+        return None
+    if frame is None:
+        return None
+    try:
+        check_frame(frame, columns)
+    except ScoringError as exc:
+        return str(exc)
+    return None
+
+
+def _json_table(document: Any) -> pd.DataFrame | None:
+    """The table of a JSON request (``dataframe_split``, or records under another key), or None."""
+    import pandas as pd
+
+    if not isinstance(document, dict) or len(document) != 1:
+        return None
+    ((key, value),) = document.items()
+    if key == "dataframe_split" and isinstance(value, dict):
+        return pd.DataFrame(data=value.get("data"), columns=value.get("columns"))
+    records = key in ("dataframe_records", "instances", "inputs") and isinstance(value, list) and value
+    if records and all(isinstance(row, dict) for row in value):
+        return pd.DataFrame.from_records(value)
+    return None
 
 
 def read_table(data: bytes, suffix: str) -> pd.DataFrame:
@@ -235,9 +347,12 @@ class ScoredFile:
 
 def predict_file(config: MlflowConfig, source: Path, output: Path, version: str | None = None) -> ScoredFile:
     """Score a CSV or Parquet file with the champion (or ``version``): the rows plus
-    ``prediction`` and ``model_version``, written atomically in the input's format.
-    ScoringError names the file and the problem; nothing is written then."""
+    ``prediction`` and ``model_version``, written atomically as CSV or Parquet by ``output``'s
+    suffix (the input's by default). ScoringError names the file and the problem; nothing is
+    written then."""
     suffix = source.suffix.lower()
+    if output.suffix.lower() not in (".csv", ".parquet"):
+        raise ScoringError(f"{output}: the output must be a .csv or .parquet file")
     try:
         data = source.read_bytes()
     except OSError as exc:
@@ -253,7 +368,7 @@ def predict_file(config: MlflowConfig, source: Path, output: Path, version: str 
         raise ScoringError(f"{source}: {exc}") from exc
     scored = frame.assign(prediction=list(_flat(predictions)), model_version=model.version)
     with atomic_path(output) as tmp:
-        if suffix == ".csv":
+        if output.suffix.lower() == ".csv":
             scored.to_csv(tmp, index=False)
         else:
             scored.to_parquet(tmp, index=False)

@@ -15,6 +15,7 @@ example, and only then swaps it in; requests in flight finish on the old model.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
@@ -37,6 +38,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 VERSION_HEADER = b"x-model-version"
 QUIET_REPEATS_S = 60.0  # the same alias-check problem is logged again after this long
+RETRY_BROKEN_S = (5.0, 60.0)  # a version that failed to load or answer: first retry, longest wait
 
 
 class Champion:
@@ -60,24 +62,47 @@ class AliasFollower:
         self.poll_seconds = settings.serving.poll_seconds
         self.champion = champion
         self._stop = threading.Event()
-        self._logged: tuple[str, float] | None = None
+        self._logged: tuple[str, float] | None = None  # what kind of problem was logged last, when
+        # A version that failed to load or to answer: (version, failures, next attempt at); it is
+        # tried again after 5 s, 10 s, ... up to 60 s, not loaded every poll.
+        self._broken: tuple[str, int, float] | None = None
 
     def check(self) -> bool:
         """One look at the alias; True when a new version was swapped in."""
+        current = self.champion.model
         try:
             version = tracking.champion_version(self.config)
-            current = self.champion.model
-            if version is None or (current is not None and current.version == version):
-                return False
-            started = time.monotonic()
+        except PipelineError as exc:
+            self._problem("alias", f"cannot read the alias: {exc}")
+            return False
+        except Exception as exc:  # the follower must outlive any one failed check (logged, retried)
+            logger.exception("Reading the champion alias failed unexpectedly")
+            self._problem(
+                "alias", f"cannot read the alias: {type(exc).__name__}: {scoring.one_line(str(exc))}"
+            )
+            return False
+        if self._logged is not None and self._logged[0] == "alias":
+            logger.info("The tracking store answers again (%s)", redact_url(self.config.tracking_uri))
+            self._logged = None
+        if version is None or (current is not None and current.version == version):
+            if self._broken is None:
+                self.champion.last_error = None  # in step with the alias: nothing is wrong now
+            self._broken = None
+            return False
+        if self._broken and self._broken[0] == version and time.monotonic() < self._broken[2]:
+            return False
+        started = time.monotonic()
+        try:
             model = scoring.load(self.config, version)
             scoring.self_check(model)
         except PipelineError as exc:
-            self._problem(str(exc))
+            self._failed(version, str(exc))
             return False
-        except Exception as exc:  # the follower must outlive any one failed check (logged, retried)
-            self._problem(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a broken model must not stop the follower (logged, retried)
+            logger.exception("Loading version %s failed unexpectedly", version)
+            self._failed(version, f"version {version}: {type(exc).__name__}: {scoring.one_line(str(exc))}")
             return False
+        self._broken = None
         before = current.version if current else None
         self.champion.swap(model)
         self._logged = None
@@ -90,12 +115,20 @@ class AliasFollower:
         )
         return True
 
-    def _problem(self, message: str) -> None:
+    def _failed(self, version: str, message: str) -> None:
+        failures = self._broken[1] + 1 if self._broken and self._broken[0] == version else 1
+        wait = min(RETRY_BROKEN_S[0] * 2 ** (failures - 1), RETRY_BROKEN_S[1])
+        self._broken = (version, failures, time.monotonic() + wait)
+        self._problem(f"version {version}", f"{message} (tried {failures} time(s); next try in {wait:g} s)")
+
+    def _problem(self, kind: str, message: str) -> None:
+        """Record ``message`` for /model; log it unless a problem of the same ``kind`` (the alias,
+        or one version) was logged less than a minute ago: an outage is not a line every poll."""
         self.champion.last_error = message
         now = time.monotonic()
-        if self._logged is None or self._logged[0] != message or now - self._logged[1] > QUIET_REPEATS_S:
+        if self._logged is None or self._logged[0] != kind or now - self._logged[1] > QUIET_REPEATS_S:
             logger.warning("Following the champion alias: %s (still serving %s)", message, self._serving())
-            self._logged = (message, now)
+            self._logged = (kind, now)
 
     def _serving(self) -> str:
         model = self.champion.model
@@ -125,8 +158,31 @@ class ScoringApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        model = self.champion.model
+        model = self.champion.model  # this request's model, even if a newer one is swapped in meanwhile
         headers = [(VERSION_HEADER, model.version.encode())] if model else []
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._route(scope, receive, tracked, model, headers)
+        except Exception:  # a fault of this layer, never of the input: logged whole, answered in one line
+            logger.exception("Request %s %s failed", scope.get("method"), scope.get("path"))
+            if not started:
+                body = scoring.error_body("INTERNAL_ERROR", "the server failed on this request; see its log")
+                await _answer(send, 500, body, headers)
+
+    async def _route(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        model: scoring.LoadedModel | None,
+        headers: list[Any],
+    ) -> None:
         path, method = scope["path"], scope["method"]
         routes = {
             "/invocations": "POST",
@@ -182,26 +238,46 @@ class ScoringApp:
         elif not body.strip():
             await _answer(send, 400, scoring.error_body("BAD_REQUEST", "the request body is empty"), headers)
         else:
-            await _forward(model.app, scope, _replay(body), send, headers)
+            content_type = request_headers[b"content-type"].decode("latin-1")
+            columns = scoring.signature_columns(model)
+
+            def reason() -> str | None:  # only when MLflow rejected the request
+                return scoring.table_problem(body, content_type, columns)
+
+            await _forward(model.app, scope, _replay(body), send, headers, reason)
+
+
+DRAIN_FACTOR = 4  # a too-large body up to this many times the limit is read (and dropped) before the 413
 
 
 async def _read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes | None:
-    """The whole body, or None as soon as it is (or says it is) larger than ``limit``."""
+    """The whole body, or None when it is (or its Content-Length says it is) larger than ``limit``.
+
+    A too-large body is not kept, but read to its end when it is at most ``DRAIN_FACTOR`` times
+    the limit: a client still sending when the server answers and closes gets a connection
+    reset instead of the 413.
+    """
     declared = headers.get(b"content-length", b"").strip()
-    if declared.isdigit() and int(declared) > limit:
+    too_large = declared.isdigit() and int(declared) > limit
+    if too_large and int(declared) > DRAIN_FACTOR * limit:
         return None
-    chunks, size, more = [], 0, True
+    chunks: list[bytes] = []
+    size, more = 0, True
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
         more = bool(message.get("more_body"))
-    return b"".join(chunks)
+        if size > DRAIN_FACTOR * limit:
+            return None
+        if too_large or size > limit:
+            too_large = True
+            chunks.clear()
+            continue
+        chunks.append(chunk)
+    return None if too_large else b"".join(chunks)
 
 
 def _replay(body: bytes) -> Receive:
@@ -217,8 +293,16 @@ def _replay(body: bytes) -> Receive:
     return receive
 
 
-async def _forward(app: Any, scope: Scope, receive: Receive, send: Send, headers: list[Any]) -> None:
-    """Run MLflow's app; its answer goes out with ``headers``, an error body made one line."""
+async def _forward(
+    app: Any,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    headers: list[Any],
+    reason: Callable[[], str | None] | None = None,
+) -> None:
+    """Run MLflow's app; its answer goes out with ``headers``, an error body made one line
+    (``reason()``, when it finds one, names the problem instead of MLflow's message)."""
     start: Message = {}
     chunks: list[bytes] = []
 
@@ -239,7 +323,8 @@ async def _forward(app: Any, scope: Scope, receive: Receive, send: Send, headers
     status, body = int(start.get("status", 500)), b"".join(chunks)
     if status >= 400:
         status = 400 if status == 500 else status  # MLflow answers input it cannot parse with 500 at times
-        await _answer(send, status, scoring.rewrite_error(status, body), headers)
+        found = await asyncio.to_thread(reason) if reason is not None and status < 500 else None
+        await _answer(send, status, scoring.rewrite_error(status, body, found), headers)
         return
     kept = [
         (k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length", VERSION_HEADER)
@@ -262,6 +347,9 @@ def serve(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
     scoring.use_store(settings.mlflow)
+    # MLflow's scoring module warns about the `instances` key on every request that fails its
+    # schema check; our one-line answer already says what is wrong.
+    logging.getLogger("mlflow.pyfunc.scoring_server").setLevel(logging.ERROR)
     champion = Champion()
     follower = AliasFollower(settings, champion)
     follower.check()
