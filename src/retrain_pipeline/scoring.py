@@ -236,6 +236,14 @@ _REASONS: tuple[tuple[re.Pattern[str], str], ...] = (
         "not a valid {0} dataframe: {1}",
     ),
     (re.compile(r"valid UTF-8"), "the body is not valid UTF-8"),
+    (
+        re.compile(
+            r"Failed to parse input as a Pandas DataFrame\. Ensure that the input is a valid (\w+)"
+            r".*?Error: '(.*)'",
+            re.S,
+        ),
+        "the body is not valid {0}: {1}",
+    ),
 )
 
 
