@@ -9,6 +9,9 @@ Then: the pipeline lock is free at once; Prefect's zombie-run automation (create
 ``make deploy``, once however often it runs) marks the run Crashed within a few heartbeats,
 which frees the deployment's concurrency slot; a new worker's next run trains the same
 batch, and the killed attempt's MLflow run ends KILLED beside one FINISHED run.
+With ``alerts.webhook_url`` set (a real webhook on loopback), ``make deploy`` also creates the
+crashed-run alert: exactly one ``run_crashed`` message arrives, naming the batch and the run,
+and none again after the retrain (whose own message is its promotion).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,10 +29,17 @@ from typing import Any, TypeVar
 import filelock
 import httpx
 import pytest
+import yaml
 from journeys_support import Project
 from mlflow import MlflowClient
 
-from deployments.setup_deployment import DEFAULT_HEARTBEAT_S, MISSED_HEARTBEATS, crash_automation_name
+from deployments.setup_deployment import (
+    DEFAULT_HEARTBEAT_S,
+    MISSED_HEARTBEATS,
+    crash_alert_name,
+    crash_automation_name,
+)
+from webhook_receiver import WebhookReceiver
 
 DEPLOYMENT_NAME = "automated-retraining"
 WINDOW_S = MISSED_HEARTBEATS * DEFAULT_HEARTBEAT_S
@@ -144,8 +154,25 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def test_killed_worker_run_ends_crashed_and_the_next_run_trains_the_batch(journey: Project) -> None:
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as hook:
+        yield hook
+
+
+def _alert_to(project: Project, url: str) -> None:
+    params_file = project.root / "params.yaml"
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["alerts"] = {"webhook_url": url, "project_name": "crash-journey"}
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def test_killed_worker_run_ends_crashed_and_the_next_run_trains_the_batch(
+    journey: Project, webhook: WebhookReceiver
+) -> None:
     p = journey
+    _alert_to(p, webhook.url)
+    alert_name = crash_alert_name(DEPLOYMENT_NAME)
     clock = Clock()
     api = PrefectApi(p.ports["prefect"])
     mlflow_client = MlflowClient(f"http://127.0.0.1:{p.ports['mlflow']}")
@@ -158,6 +185,8 @@ def test_killed_worker_run_ends_crashed_and_the_next_run_trains_the_batch(journe
     clock.step("make deploy")
     assert f"automation '{automation_name}' (created," in deployed.stdout, deployed.stdout
     assert f"heartbeat every {DEFAULT_HEARTBEAT_S} s" in deployed.stdout
+    assert f"automation '{alert_name}' (created," in deployed.stdout, deployed.stdout
+    assert "s3cr3t" not in deployed.stdout  # the webhook's secret path is never printed
     deployment = api.deployment(DEPLOYMENT_NAME)
     assert deployment["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(DEFAULT_HEARTBEAT_S)
     p.make("start-worker-bg")
@@ -215,7 +244,9 @@ def test_killed_worker_run_ends_crashed_and_the_next_run_trains_the_batch(journe
     # would drop the open heartbeat windows and this run would never be marked Crashed.
     again = p.make("deploy")
     assert f"automation '{automation_name}' (unchanged," in again.stdout, again.stdout
+    assert f"automation '{alert_name}' (unchanged," in again.stdout, again.stdout
     assert len(api.automations_named(automation_name)) == 1
+    assert len(api.automations_named(alert_name)) == 1
     clock.step("make deploy again")
     # The machine is back: a new worker starts; it leaves a run another worker started alone.
     p.make("start-worker-bg")
@@ -240,6 +271,16 @@ def test_killed_worker_run_ends_crashed_and_the_next_run_trains_the_batch(journe
     )
     assert beats and beats[-1] <= killed_at
     assert WINDOW_S <= (crashed_at - beats[-1]).total_seconds() <= WINDOW_S + 20
+    # One run_crashed message, from the deployment's alert automation (the run itself was dead).
+    (message,) = _wait_for("the run_crashed message", webhook.delivered, timeout=60, every=0.2)
+    message_after = next(r.wall for r in webhook.received) - crashed_at.timestamp()
+    clock.step(f"run_crashed message {message_after:.1f} s after the Crashed state")
+    assert message["event"] == "run_crashed" and message["project"] == "crash-journey", message
+    assert message["batch"] == str(batch), message
+    text = message["text"]
+    assert text.startswith(f"[crash-journey] batch {batch}: run crashed: flow run {final['name']} ({run_id})")
+    assert "heartbeat" in text and text.endswith(f"/runs/flow-run/{run_id}"), text
+    assert message_after < 30
     # Crashed released the deployment's concurrency slot (no lease expiry to wait for).
     slot = api.deployment(DEPLOYMENT_NAME)["global_concurrency_limit"]
     assert slot["active_slots"] == 0, slot
@@ -261,3 +302,7 @@ def test_killed_worker_run_ends_crashed_and_the_next_run_trains_the_batch(journe
     assert statuses == {run_id: "KILLED", record["prefect_flow_run_id"]: "FINISHED"}, statuses
     assert all(r.data.tags["batch_number"] == str(batch) for r in runs)
     clock.step("checked state and MLflow")
+    # The retrain's own alert (a first model is promoted), and still only one run_crashed.
+    time.sleep(1)
+    assert webhook.events() == ["run_crashed", "model_promoted"], webhook.events()
+    assert webhook.delivered()[1]["batch"] == batch
