@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from prefect import get_client
+from prefect.events import Event
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
 from flows.automated_training_flow import automated_training_flow
 from retrain_pipeline.config import load_settings
@@ -39,6 +42,21 @@ def run(params: Path) -> dict:
     return automated_training_flow(params_path=str(params))
 
 
+def prefect_events(name: str, project_id: str, timeout: float = 15) -> list[Event]:
+    """The events ``name`` of the project, once at least one arrived (they are sent in the background)."""
+    wanted = EventFilter(
+        event=EventNameFilter(name=[name]),
+        resource=EventResourceFilter(id=[f"retrain.project.{project_id}"]),
+    )
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            found = client.read_events(filter=wanted, limit=50).events  # the server caps it at 50
+            if found or time.monotonic() > deadline:
+                return list(found)
+            time.sleep(0.3)
+
+
 def alerting_project(make_project: Callable[..., Path], url: str, **overrides: object) -> Path:
     return make_project(
         data={"source": "landing"}, alerts={"webhook_url": url, "project_name": "churn"}, **overrides
@@ -63,6 +81,10 @@ def test_a_malformed_batch_sends_one_rejection(make_project: Callable[..., Path]
     assert body["figures"]["file"].endswith("batch_1.csv")
     assert "/runs/flow-run/" in body["prefect_run_url"] and body["mlflow_run_url"] is None
     assert body["text"].startswith("[churn] batch 1: batch rejected: ")
+    # The same alert is a Prefect event (the UI's event feed; users' own automations).
+    (event,) = prefect_events("retrain.batch.rejected", load_settings(params).project_id)
+    assert event.payload == body and event.resource["retrain.batch"] == "1"
+    assert event.resource["prefect.resource.name"] == "churn"
 
 
 def test_promotion_then_drift_send_one_message_each(make_project: Callable[..., Path]) -> None:
