@@ -359,6 +359,8 @@ def predict_file(config: MlflowConfig, source: Path, output: Path, version: str 
     suffix (the input's by default). ScoringError names the file and the problem; nothing is
     written then."""
     suffix = source.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise ScoringError(f"{source}: expected a .csv or .parquet file, got {suffix or 'no suffix'!r}")
     if output.suffix.lower() not in (".csv", ".parquet"):
         raise ScoringError(f"{output}: the output must be a .csv or .parquet file")
     try:
