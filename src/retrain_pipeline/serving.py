@@ -350,6 +350,9 @@ def serve(settings: Settings, host: str, port: int) -> None:
     # MLflow's scoring module warns about the `instances` key on every request that fails its
     # schema check; our one-line answer already says what is wrong.
     logging.getLogger("mlflow.pyfunc.scoring_server").setLevel(logging.ERROR)
+    # urllib3 warns at every retry of every poll while a tracking server is down; the follower
+    # says so itself, once a minute.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     champion = Champion()
     follower = AliasFollower(settings, champion)
     follower.check()
