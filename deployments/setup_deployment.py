@@ -158,6 +158,13 @@ def with_code_source(settings: Settings, url: str) -> Settings:
     return settings.model_copy(update={"automation": automation})
 
 
+def runs_of(deployment_id: UUID) -> ResourceSpecification:
+    """What relates an event to a run of this deployment (both automations' triggers)."""
+    return ResourceSpecification(
+        {"prefect.resource.role": "deployment", "prefect.resource.id": f"prefect.deployment.{deployment_id}"}
+    )
+
+
 def crash_automation_name(deployment_name: str) -> str:
     return f"{FLOW_NAME}/{deployment_name}: crash runs without heartbeats"
 
@@ -187,12 +194,7 @@ def crash_automation(deployment_id: UUID, deployment_name: str, heartbeat_s: int
             after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"},
             expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in TERMINAL_EVENTS)},
             match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
-            match_related=ResourceSpecification(
-                {
-                    "prefect.resource.role": "deployment",
-                    "prefect.resource.id": f"prefect.deployment.{deployment_id}",
-                }
-            ),
+            match_related=runs_of(deployment_id),
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
@@ -277,12 +279,7 @@ def crash_alert(settings: Settings, deployment_id: UUID, block_id: UUID) -> Auto
         trigger=EventTrigger(
             expect={"prefect.flow-run.Crashed"},
             match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
-            match_related=ResourceSpecification(
-                {
-                    "prefect.resource.role": "deployment",
-                    "prefect.resource.id": f"prefect.deployment.{deployment_id}",
-                }
-            ),
+            match_related=runs_of(deployment_id),
             for_each={"prefect.resource.id"},
             posture=Posture.Reactive,
             threshold=1,
