@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,26 @@ BASE_PARAMS: dict[str, Any] = {
     },
     "automation": {"max_batches": 8},
 }
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_points_nowhere_after_a_test() -> Iterator[None]:
+    """MLflow keeps its tracking and registry URIs process-wide: a test that pointed them at
+    its own store must not leave a later test in the same pytest-xdist process registering
+    into, or loading ``models:/`` from, that store."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")  # the setters export them too
+    before = {name: os.environ.get(name) for name in names}
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+        mlflow.set_registry_uri(None)  # type: ignore[arg-type]
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 #: The longest test files first: ``make test`` hands whole files to its pytest-xdist processes

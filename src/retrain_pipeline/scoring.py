@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,24 +51,10 @@ class LoadedModel:
 
 
 def use_store(config: MlflowConfig) -> None:
-    """Point this process's MLflow at the configured store (``models:/`` URIs resolve there).
-
-    MLflow's HTTP retries get the configured bound (as the flow's): an unreachable server fails
-    a call after ``mlflow.max_retries`` attempts, not after MLflow's default of minutes.
-    """
-    import mlflow
-
+    """Point this process's MLflow at the configured store (``models:/`` URIs resolve there),
+    with the flow's HTTP retry bound (:func:`tracking.point_mlflow_at`)."""
     tracking.create_sqlite_store(config)  # a store created whole, as the flow creates it
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.max_retries)
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(config.retry_backoff_factor)
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(config.request_timeout_seconds)
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(config.tracking_uri)
-    mlflow.set_registry_uri(config.tracking_uri)
-    if previous is None:  # set_tracking_uri exports it; keep the user's environment as it was
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
+    tracking.point_mlflow_at(config)
 
 
 def resolve_version(config: MlflowConfig, version: str | None) -> str:
@@ -95,6 +80,7 @@ def load(config: MlflowConfig, version: str) -> LoadedModel:
 
     uri = f"models:/{config.registered_model_name}/{version}"
     info = tracking.version_info(config, version)
+    tracking.point_mlflow_at(config)  # models:/ resolves in this store, whatever was set last
     with tracking.mlflow_errors(config, f"cannot load {uri}: "):
         model = mlflow.pyfunc.load_model(uri)
         app = scoring_server.init(model)

@@ -397,7 +397,9 @@ class PostgresStateStore:
             ) from exc
 
     def _create_table(self, connection: Any, operation: str) -> None:
-        """CREATE TABLE IF NOT EXISTS; a concurrent creator may win the race (unique violation): retry."""
+        """CREATE TABLE IF NOT EXISTS; a concurrent creator may win the race, which PostgreSQL
+        reports as a unique violation, a duplicate table or a duplicate type (the table's row
+        type, ``type "..." already exists``): retry, and the table is then there."""
         create = (
             f"CREATE TABLE IF NOT EXISTS {TABLE} (name text PRIMARY KEY, document jsonb NOT NULL, "
             "updated_at timestamptz NOT NULL DEFAULT now())"
@@ -406,7 +408,11 @@ class PostgresStateStore:
             try:
                 with connection.cursor() as cursor:
                     cursor.execute(create)
-            except (psycopg2.errors.UniqueViolation, psycopg2.errors.DuplicateTable):
+            except (
+                psycopg2.errors.UniqueViolation,
+                psycopg2.errors.DuplicateTable,
+                psycopg2.errors.DuplicateObject,
+            ):
                 logger.debug("%s: %s was created concurrently (attempt %d)", self._where, TABLE, attempt + 1)
                 continue
             except psycopg2.Error as exc:

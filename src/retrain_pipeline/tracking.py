@@ -73,6 +73,28 @@ def import_mlflow(tracking_uri: str | None) -> None:
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
 
+def point_mlflow_at(config: MlflowConfig) -> None:
+    """Point this process's MLflow (tracking and registry, so ``models:/`` URIs and new model
+    versions go to the same store) at the configured store, with the configured HTTP retries:
+    an unreachable server fails a call after ``max_retries`` attempts, not minutes later."""
+    import mlflow
+
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(config.retry_backoff_factor)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(config.request_timeout_seconds)
+    # Both setters also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which our config reads
+    # as the user's override and child processes inherit: restore the environment, so a later
+    # project in this process or a process it starts keeps its own store.
+    previous = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(config.tracking_uri)
+    mlflow.set_registry_uri(config.tracking_uri)
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def connect(config: MlflowConfig) -> str:
     """Point MLflow at the configured store and return the experiment id (created if absent).
 
@@ -86,17 +108,7 @@ def connect(config: MlflowConfig) -> str:
     create_sqlite_store(config)
     repair_proxied_artifact_uris(config)
 
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.max_retries)
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(config.retry_backoff_factor)
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(config.request_timeout_seconds)
-    # set_tracking_uri also exports MLFLOW_TRACKING_URI, which our config reads as the user's
-    # override: restore the environment so a later project in this process keeps its own store.
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(config.tracking_uri)
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
+    point_mlflow_at(config)
     with mlflow_errors(config):
         experiment = mlflow.get_experiment_by_name(config.experiment_name)
         if experiment is not None:

@@ -62,6 +62,7 @@ def test_a_store_with_proxied_uris_is_repaired_and_its_models_load(
     assert db_file is not None
     assert _proxied_uris(db_file) >= 4  # experiment, run, logged model, model version
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow.tracking_uri)  # not the store an earlier test used
     with pytest.raises(MlflowException, match="mlflow-artifacts"):
         mlflow.sklearn.load_model("models:/clf/1")  # what users saw after `make stop`
 
