@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -417,20 +417,6 @@ def merge_batches(batches: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(batches, ignore_index=True)
 
 
-def features_and_target(
-    frame: pd.DataFrame, target_column: str, part: str | None = None
-) -> tuple[pd.DataFrame, pd.Series]:
-    """Features and target of a merged table, optionally only its ``train`` or ``holdout`` part.
-
-    One selection per output (rows and columns at once), so the table is copied once.
-    """
-    columns = [c for c in frame.columns if c not in (target_column, SPLIT_COLUMN)]
-    if part is None:
-        return frame[columns], frame[target_column]
-    rows = frame[SPLIT_COLUMN] == part
-    return frame.loc[rows, columns], frame.loc[rows, target_column]
-
-
 @dataclass(frozen=True)
 class DataSummary:
     rows: int
@@ -439,35 +425,15 @@ class DataSummary:
     class_counts: dict[str, int]
 
 
-def data_summary(frame: pd.DataFrame, target_column: str) -> DataSummary:
-    """Row counts and class balance of a merged table, for reports."""
-    counts = frame[SPLIT_COLUMN].value_counts()
-    balance = frame[target_column].value_counts().sort_index()
-    return DataSummary(
-        rows=len(frame),
-        train_rows=int(counts.get(TRAIN, 0)),
-        holdout_rows=int(counts.get(HOLDOUT, 0)),
-        class_counts={str(label): int(n) for label, n in balance.items()},
-    )
-
-
 @dataclass(frozen=True)
 class TrainHoldout:
-    """What training and scoring read from a merged table, which need not be kept after."""
+    """What training and scoring read from the merged batches (:func:`merge_train_holdout`)."""
 
     train_features: pd.DataFrame
     train_target: pd.Series
     holdout_features: pd.DataFrame
     holdout_target: pd.Series
     summary: DataSummary
-
-
-def train_holdout(merged: pd.DataFrame, target_column: str) -> TrainHoldout:
-    """Cut a merged table into its train and holdout features and targets, with a summary."""
-    train_features, train_target = features_and_target(merged, target_column, TRAIN)
-    holdout_features, holdout_target = features_and_target(merged, target_column, HOLDOUT)
-    summary = data_summary(merged, target_column)
-    return TrainHoldout(train_features, train_target, holdout_features, holdout_target, summary)
 
 
 # --------------------------------------------------------------------------- one batch, merged
@@ -513,16 +479,87 @@ def require_processed_file(path: Path, batch_number: int) -> Path:
     return path
 
 
-def read_processed_batch(path: Path, batch_number: int, columns: pd.Index) -> pd.DataFrame:
-    """An accepted batch's processed file; StateError when it is missing or its columns are
-    not ``columns``."""
-    frame = pd.read_parquet(require_processed_file(path, batch_number))
-    if list(frame.columns) != list(columns):
+def processed_schema(path: Path, batch_number: int, columns: Sequence[str]) -> pyarrow.Schema:
+    """The schema of an accepted batch's processed file; StateError when the file is missing
+    or its columns are not ``columns``."""
+    schema = pq.read_schema(require_processed_file(path, batch_number))
+    if schema.names != list(columns):
         raise StateError(
-            f"accepted batch {batch_number} has columns {list(frame.columns)} but the current "
+            f"accepted batch {batch_number} has columns {schema.names} but the current "
             f"schema is {list(columns)}; the feature set changed between batches"
         )
-    return frame
+    return schema
+
+
+def merge_train_holdout(
+    earlier: Mapping[int, Path],
+    split: pd.DataFrame,
+    target_column: str,
+    learn: Collection[int] | None = None,
+) -> TrainHoldout:
+    """The train and holdout parts of the ``earlier`` batches' processed files and this
+    ``split`` batch, oldest first, read straight into one frame each.
+
+    The files' schemas and split columns give each part's size and column types first; each
+    file is then read on its own and its rows are copied into their place, so the merged
+    table, or a list of every batch beside it, never exists. Values keep their type (a column
+    that is integer in one batch and float in another is float, as pandas merges them).
+    ``learn``: the earlier batches whose train rows are trained on (None: all); the others
+    give their holdout rows only.
+    """
+    columns = [str(c) for c in split.columns]
+    features = [c for c in columns if c not in (target_column, SPLIT_COLUMN)]
+    schemas = {k: processed_schema(path, k, columns) for k, path in earlier.items()}
+    stored = [[schema.field(c).type.to_pandas_dtype() for schema in schemas.values()] for c in features]
+    dtypes = {c: np.result_type(split[c].dtype, *types) for c, types in zip(features, stored, strict=True)}
+    holdout_of = {
+        k: pq.read_table(path, columns=[SPLIT_COLUMN])[SPLIT_COLUMN].to_numpy(zero_copy_only=False) == HOLDOUT
+        for k, path in earlier.items()
+    }
+    new_holdout = split[SPLIT_COLUMN].to_numpy() == HOLDOUT
+    trained = [k for k in earlier if learn is None or k in learn]
+    train = _Part(features, dtypes, int(sum((~holdout_of[k]).sum() for k in trained) + (~new_holdout).sum()))
+    holdout = _Part(features, dtypes, int(sum(m.sum() for m in holdout_of.values()) + new_holdout.sum()))
+    for k, path in earlier.items():
+        frame = pd.read_parquet(path)
+        holdout.add(frame, holdout_of[k], target_column)
+        if k in trained:
+            train.add(frame, ~holdout_of[k], target_column)
+        del frame
+    holdout.add(split, new_holdout, target_column)
+    train.add(split, ~new_holdout, target_column)
+    train_features, train_target = train.result()
+    holdout_features, holdout_target = holdout.result()
+    balance = pd.concat([train_target, holdout_target]).value_counts().sort_index()
+    summary = DataSummary(
+        rows=len(train_target) + len(holdout_target),
+        train_rows=len(train_target),
+        holdout_rows=len(holdout_target),
+        class_counts={str(label): int(n) for label, n in balance.items()},
+    )
+    return TrainHoldout(train_features, train_target, holdout_features, holdout_target, summary)
+
+
+class _Part:
+    """The train or holdout part of merged batches, filled batch by batch: one array per
+    feature column of its final length, and the target's pieces."""
+
+    def __init__(self, features: Sequence[str], dtypes: Mapping[str, np.dtype], rows: int) -> None:
+        self._arrays = {c: np.empty(rows, dtype=dtypes[c]) for c in features}
+        self._targets: list[pd.Series] = []
+        self._filled = 0
+
+    def add(self, frame: pd.DataFrame, rows: np.ndarray, target_column: str) -> None:
+        end = self._filled + int(rows.sum())
+        for name, array in self._arrays.items():
+            array[self._filled : end] = frame[name].to_numpy()[rows]
+        self._targets.append(frame[target_column][rows])
+        self._filled = end
+
+    def result(self) -> tuple[pd.DataFrame, pd.Series]:
+        """The features (the arrays themselves, not copied) and the target."""
+        features = pd.DataFrame(self._arrays, copy=False)
+        return features, pd.concat(self._targets, ignore_index=True)
 
 
 @dataclass(frozen=True)
@@ -531,7 +568,7 @@ class MergedBatch:
 
     valid: pd.DataFrame  # the batch, validated (features and target)
     split: pd.DataFrame  # the same rows with their train/holdout column: its processed file
-    parts: TrainHoldout  # train and holdout of the merged table (which is not kept)
+    parts: TrainHoldout  # train and holdout of the merged batches (never one merged table)
     kinds: dict[str, str]  # the feature kinds its processed file records
 
 
@@ -544,8 +581,10 @@ def validate_and_merge_batch(
     source: str,
     first: FirstBatch | None,
     earlier: Mapping[int, Path],
+    learn: Collection[int] | None = None,
 ) -> MergedBatch:
-    """Validate a batch, split it, merge it with the ``earlier`` batches' processed files.
+    """Validate a batch, split it, merge it with the ``earlier`` batches' processed files
+    (:func:`merge_train_holdout`; ``learn``: the earlier batches trained on, None: all).
 
     The first accepted batch fixes the feature names and kinds (bool, integer, float) that
     later batches must have; a first batch (or one after a legacy file) records its own.
@@ -564,11 +603,7 @@ def validate_and_merge_batch(
         seed=evaluation.split_seed,
         batch_number=n,
     )
-    merged = merge_batches(
-        [*(read_processed_batch(path, k, split.columns) for k, path in earlier.items()), split]
-    )
-    parts = train_holdout(merged, config.target_column)
-    del merged
+    parts = merge_train_holdout(earlier, split, config.target_column, learn)
     require_classes(parts.train_target, config.classes, batch_number=n, file=source)
     kinds = fixed if fixed is not None else feature_kinds(frame, features)
     return MergedBatch(valid, split, parts, kinds)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,9 +22,7 @@ from retrain_pipeline.data import (
     DataSummary,
     breast_cancer_dataset,
     build_schema,
-    data_summary,
     describe_schema_errors,
-    features_and_target,
     find_landing_file,
     merge_batches,
     read_batch_file,
@@ -34,7 +33,7 @@ from retrain_pipeline.data import (
     write_csv_atomic,
     write_parquet_atomic,
 )
-from retrain_pipeline.errors import DataValidationError
+from retrain_pipeline.errors import DataValidationError, StateError
 
 FEATURES = ("a", "b")
 TARGET = "target"
@@ -837,52 +836,73 @@ def test_merge_batches_needs_a_batch() -> None:
         merge_batches([])
 
 
-@pytest.mark.parametrize(
-    ("part", "values"),
-    [(None, [1.0, 2.0, 3.0, 4.0, 5.0]), (TRAIN, [1.0, 3.0, 4.0]), (HOLDOUT, [2.0, 5.0])],
-)
-def test_features_and_target(part: str | None, values: list[float]) -> None:
-    features, target = features_and_target(merged_history(), TARGET, part)
+def _history(tmp_path: Path, labels: Any, new_counts_dtype: str) -> tuple[dict[int, Path], pd.DataFrame]:
+    """Three processed files and a new split batch whose count column is ``new_counts_dtype``."""
+    rng = np.random.default_rng(3)
 
-    assert list(features.columns) == ["a"]
-    assert features["a"].tolist() == values
-    assert target.name == TARGET
-    assert list(target.index) == list(features.index)
+    def batch(rows: int, k: int, counts_dtype: str = "int64") -> pd.DataFrame:
+        frame = pd.DataFrame(
+            {
+                "x": rng.normal(size=rows),
+                "count": rng.integers(0, 5, rows).astype(counts_dtype),
+                "flag": rng.integers(0, 2, rows).astype(bool),
+                TARGET: rng.choice(labels, rows),
+            }
+        )
+        return split_batch(frame, target_column=TARGET, holdout_fraction=0.25, seed=1, batch_number=k)
+
+    earlier = {}
+    for k in (1, 2, 3):
+        earlier[k] = tmp_path / f"batch_{k}.parquet"
+        data.write_processed_batch(batch(40, k), earlier[k], {})
+    return earlier, batch(20, 4, new_counts_dtype)
 
 
-def test_features_and_target_without_split_column() -> None:
-    features, target = features_and_target(good_frame(), TARGET)
-    assert list(features.columns) == ["a", "b"]
-    assert target.tolist() == [0, 1, 0]
+@pytest.mark.parametrize(("labels", "counts"), [([0, 1], "int64"), (["no", "yes"], "float64")])
+def test_merge_train_holdout_equals_pandas_merge_and_cut(tmp_path: Path, labels: Any, counts: str) -> None:
+    earlier, new = _history(tmp_path, labels, counts)
+    parts = data.merge_train_holdout(earlier, new, TARGET)
 
-
-def test_train_holdout_cuts_the_table_and_leaves_it_alone() -> None:
-    merged = merged_history()
-    before = merged.copy()
-    parts = data.train_holdout(merged, TARGET)
+    # What it replaces: every batch read, one merged table, then its train and holdout rows.
+    merged = merge_batches([*(pd.read_parquet(p) for p in earlier.values()), new])
     for part, features, target in (
         (TRAIN, parts.train_features, parts.train_target),
         (HOLDOUT, parts.holdout_features, parts.holdout_target),
     ):
-        expected_features, expected_target = features_and_target(merged, TARGET, part)
-        pd.testing.assert_frame_equal(features, expected_features)
-        pd.testing.assert_series_equal(target, expected_target)
-    assert parts.summary == data_summary(merged, TARGET)
-    parts.train_features.iloc[:, 0] = -1.0  # the parts are copies: the table is untouched
-    pd.testing.assert_frame_equal(merged, before)
-
-
-def test_data_summary() -> None:
-    assert data_summary(merged_history(), TARGET) == DataSummary(
-        rows=5, train_rows=3, holdout_rows=2, class_counts={"0": 2, "1": 3}
+        rows = merged[merged[SPLIT_COLUMN] == part].reset_index(drop=True)
+        pd.testing.assert_frame_equal(features, rows[["x", "count", "flag"]])
+        pd.testing.assert_series_equal(target, rows[TARGET])
+    assert parts.train_features["count"].dtype == np.dtype(counts)  # float in one batch: float
+    balance = merged[TARGET].value_counts()
+    assert parts.summary == DataSummary(
+        rows=len(merged),
+        train_rows=int((merged[SPLIT_COLUMN] == TRAIN).sum()),
+        holdout_rows=int((merged[SPLIT_COLUMN] == HOLDOUT).sum()),
+        class_counts={str(label): int(balance[label]) for label in sorted(balance.index)},
     )
 
 
-def test_data_summary_without_holdout() -> None:
-    frame = pd.DataFrame({TARGET: ["yes", "no"], SPLIT_COLUMN: [TRAIN, TRAIN]})
-    summary = data_summary(frame, TARGET)
-    assert (summary.holdout_rows, summary.train_rows) == (0, 2)
-    assert summary.class_counts == {"no": 1, "yes": 1}
+def test_merge_train_holdout_trains_only_on_the_batches_to_learn(tmp_path: Path) -> None:
+    earlier, new = _history(tmp_path, [0, 1], "int64")
+    everything = data.merge_train_holdout(earlier, new, TARGET)
+    learned = data.merge_train_holdout(earlier, new, TARGET, learn={3})
+
+    third = pd.read_parquet(earlier[3])
+    expected = pd.concat(
+        [third[third[SPLIT_COLUMN] == TRAIN], new[new[SPLIT_COLUMN] == TRAIN]], ignore_index=True
+    )
+    pd.testing.assert_frame_equal(learned.train_features, expected[["x", "count", "flag"]])
+    pd.testing.assert_frame_equal(learned.holdout_features, everything.holdout_features)  # the same holdout
+    assert learned.summary.rows == learned.summary.train_rows + everything.summary.holdout_rows
+
+
+def test_merge_train_holdout_names_a_batch_whose_columns_changed(tmp_path: Path) -> None:
+    earlier, new = _history(tmp_path, [0, 1], "int64")
+    with pytest.raises(StateError, match="accepted batch 1 has columns"):
+        data.merge_train_holdout(earlier, new.rename(columns={"x": "y"}), TARGET)
+    earlier[2].unlink()
+    with pytest.raises(StateError, match="processed data of accepted batch 2 is missing"):
+        data.merge_train_holdout(earlier, new, TARGET)
 
 
 # --------------------------------------------------------------------------- atomic writers
