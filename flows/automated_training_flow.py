@@ -269,13 +269,15 @@ class _Committed:
 def _train_and_commit(run: _Run, champion: Champion | None) -> _Committed:
     """Train, evaluate, version, log and record the batch as completed in the state store."""
     settings, training, n = run.settings, run.training, run.batch.batch_number
-    model = train(settings, training)
-    evaluation = evaluate(settings, model, champion, training)
-    versioned = save_and_version(settings, training, model)
+    trained = train(settings, training, champion)
+    evaluation = evaluate(settings, trained.model, champion, training)
+    incremental = settings.model.training == "incremental"
+    lineage = trained.lineage(settings.model.training) if incremental else None
+    versioned = save_and_version(settings, training, trained.model, lineage)
     logged = log_run(
         settings,
         run.experiment_id,
-        trained=model,
+        trained=trained,
         training=training,
         evaluation=evaluation,
         tags=run.tags(versioned),
@@ -284,7 +286,7 @@ def _train_and_commit(run: _Run, champion: Champion | None) -> _Committed:
     )
     previous = champion.version if champion else None
     promoted = evaluation.decision.promote
-    summary = training.parts.summary
+    summary = trained.summary
     record = BatchRecord(
         status="completed",
         started_at=run.started,
@@ -306,6 +308,8 @@ def _train_and_commit(run: _Run, champion: Champion | None) -> _Committed:
         prefect_flow_run_id=str(flow_run.id),
         trained=True,
         drift=run.checked.record,
+        continued_from=trained.continued_from,
+        learned_batches=list(trained.learned) if incremental else None,
     )
     new_state = record_batch(
         settings, run.store, run.state, n, record, logged.model_version if promoted else previous

@@ -168,6 +168,9 @@ class ModelConfig(_Section):
     random_state: Seed = 42
     impute_strategy: Literal["median", "mean", "most_frequent"] = "median"
     scale_features: bool = True
+    # full: every batch retrains on all accepted data of the window; incremental: the model
+    # continues from the champion on the batches it has not learned (partial_fit or warm_start).
+    training: Literal["full", "incremental"] = "full"
 
     @field_validator("estimator")
     @classmethod
@@ -207,6 +210,23 @@ class ModelConfig(_Section):
                 validate()
         except (TypeError, ValueError) as exc:
             raise ValueError(f"invalid for {name!r}: {exc}") from exc
+        return value
+
+    @field_validator("training")
+    @classmethod
+    def _estimator_can_learn_more(cls, value: str, info: ValidationInfo) -> str:
+        name = info.data.get("estimator")
+        if value == "full" or name is None or _light(info):
+            return value
+        from retrain_pipeline.model import incremental_method  # local: keep config import light
+
+        if incremental_method(_instantiate(name)) is None:
+            raise ValueError(
+                f"incremental training needs an estimator that can learn more data: one with "
+                f"partial_fit (e.g. sklearn.linear_model.SGDClassifier, sklearn.naive_bayes.MultinomialNB) "
+                f"or a warm_start ensemble (random_forest, extra_trees, gradient_boosting, "
+                f"hist_gradient_boosting); {name!r} has neither (use training: full)"
+            )
         return value
 
 

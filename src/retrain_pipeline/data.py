@@ -17,6 +17,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -624,11 +625,18 @@ class BatchFile:
     rows: int
 
 
-def training_manifest(batch_number: int, files: Sequence[BatchFile], window_batches: int | None) -> str:
+def training_manifest(
+    batch_number: int,
+    files: Sequence[BatchFile],
+    window_batches: int | None,
+    lineage: Mapping[str, Any] | None = None,
+) -> str:
     """JSON text naming the exact batch files (by md5) the model of ``batch_number`` trains on.
 
     Merged in this order, they are its training table: DVC keeps each batch file once and
     this small manifest per model, instead of a new copy of all history per batch.
+    ``lineage`` (incremental training): which model it continued from and which batches it
+    learned; the training data of a continued model is then its champion's and these.
     """
     payload = {
         "format": MANIFEST_FORMAT,
@@ -636,6 +644,7 @@ def training_manifest(batch_number: int, files: Sequence[BatchFile], window_batc
         "window_batches": window_batches,
         "rows": sum(f.rows for f in files),
         "batches": [{"batch": f.batch, "file": f.file, "md5": f.md5, "rows": f.rows} for f in files],
+        **(lineage or {}),
     }
     return json.dumps(payload, indent=2) + "\n"
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from prefect import task
@@ -45,6 +47,7 @@ class TrainingData:
     rows: int  # rows of this batch
     parts: data.TrainHoldout
     accepted_batches: tuple[int, ...]  # the batches merged, oldest first
+    learned: tuple[int, ...]  # those whose train rows are in ``parts`` (the others: holdout only)
     file: Path  # the processed file of this batch
     batch_frame: pd.DataFrame  # this batch, validated (features and target): what monitoring checks
 
@@ -92,6 +95,7 @@ def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInp
     earlier = batches[:-1]
     manifests.restore_processed_batches(settings, state, sorted({*accepted[:1], *earlier}))
     first = data.read_first_batch(_processed_path(settings, accepted[0]), accepted[0]) if accepted else None
+    learn = _not_learned_by_champion(settings, state, earlier)
     merged = data.validate_and_merge_batch(
         batch.frame,
         config=cfg,
@@ -100,11 +104,43 @@ def validate_and_merge(settings: Settings, state: PipelineState, batch: BatchInp
         source=batch.source,
         first=first,
         earlier={k: settings.processed_batch_file(k) for k in earlier},  # checked as each is read
+        learn=learn,
     )
     data.write_processed_batch(merged.split, settings.processed_batch_file(n), merged.kinds)
+    learned = tuple(batches) if learn is None else (*(k for k in earlier if k in learn), n)
     return TrainingData(
-        n, len(merged.valid), merged.parts, tuple(batches), settings.processed_batch_file(n), merged.valid
+        n,
+        len(merged.valid),
+        merged.parts,
+        tuple(batches),
+        learned,
+        settings.processed_batch_file(n),
+        merged.valid,
     )
+
+
+def _not_learned_by_champion(settings: Settings, state: PipelineState, earlier: list[int]) -> set[int] | None:
+    """``model.training: incremental``: the ``earlier`` batches the champion has not learned
+    (accepted after the batch it was trained on: a batch whose model was not promoted, one
+    accepted untrained, those after a rollback's target), which the next model learns with the
+    new batch. None (train on every batch of the window): full training, or no champion."""
+    if settings.model.training == "full" or state.champion_version is None:
+        return None
+    champion_batch = state.batch_of_version(state.champion_version)
+    if champion_batch is None:
+        return None
+    return {k for k in earlier if k > champion_batch}
+
+
+def full_train_part(
+    settings: Settings, training: TrainingData
+) -> tuple[pd.DataFrame, pd.Series, data.DataSummary]:
+    """The train rows of every batch of the window (what full training learns), when an
+    incremental run cannot continue from its champion and trains from scratch instead."""
+    earlier = {k: settings.processed_batch_file(k) for k in training.accepted_batches[:-1]}
+    split = pd.read_parquet(training.file)
+    parts = data.merge_train_holdout(earlier, split, settings.data.target_column)
+    return parts.train_features, parts.train_target, parts.summary
 
 
 def _processed_path(settings: Settings, batch_number: int) -> Path:
@@ -140,7 +176,9 @@ def quarantine_batch(settings: Settings, error: DataValidationError, batch: Batc
 
 
 @task(name="save-and-version", cache_policy=NO_CACHE)
-def save_and_version(settings: Settings, training: TrainingData, model: object | None) -> Versioned:
+def save_and_version(
+    settings: Settings, training: TrainingData, model: object | None, lineage: Mapping[str, Any] | None = None
+) -> Versioned:
     """Save the model to ``models/batch_<N>.joblib``; DVC-track it, the new batch file and
     the manifest of the training data, and push them to the DVC remote when one is configured.
     ``model`` None (a batch accepted without training): the batch file and the manifest of
@@ -149,12 +187,15 @@ def save_and_version(settings: Settings, training: TrainingData, model: object |
     Earlier batch files were tracked when they were accepted: their md5s come from their
     ``.dvc`` files, so no run re-hashes or re-copies history. A file whose ``.dvc`` file is
     missing or out of date (one fetched from the remote, say) is hashed and tracked again.
-    A failed push raises VersioningError: the batch is not completed.
+    A failed push raises VersioningError: the batch is not completed. ``lineage``: how the
+    model was trained (incremental: what it continued from), recorded in the manifest.
     """
     model_file = settings.model_file(training.batch_number) if model is not None else None
     if model_file is not None:
         dump_joblib_atomic(model, model_file)
-    manifest = manifests.write_training_manifest(settings, training.batch_number, training.accepted_batches)
+    manifest = manifests.write_training_manifest(
+        settings, training.batch_number, training.accepted_batches, lineage
+    )
     to_track = [training.file, settings.training_manifest_file]
     if model_file is not None:
         to_track.append(model_file)

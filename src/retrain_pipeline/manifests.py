@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -38,7 +39,9 @@ class WrittenManifest:
     untracked: tuple[Path, ...]
 
 
-def write_training_manifest(settings: Settings, batch_number: int, batches: Sequence[int]) -> WrittenManifest:
+def write_training_manifest(
+    settings: Settings, batch_number: int, batches: Sequence[int], lineage: Mapping[str, Any] | None = None
+) -> WrittenManifest:
     """Write ``settings.training_manifest_file`` for the model of ``batch_number``, trained on
     the processed files of ``batches`` (oldest first, ``batch_number`` last).
 
@@ -58,7 +61,7 @@ def write_training_manifest(settings: Settings, batch_number: int, batches: Sequ
             untracked.append(path)
         rows = pq.read_metadata(path).num_rows
         files.append(data.BatchFile(k, path.relative_to(processed).as_posix(), md5, rows))
-    manifest = data.training_manifest(batch_number, files, settings.data.window_batches)
+    manifest = data.training_manifest(batch_number, files, settings.data.window_batches, lineage)
     write_text_atomic(settings.training_manifest_file, manifest)
     return WrittenManifest(tuple(files), tuple(untracked))
 

@@ -5,9 +5,11 @@ No file I/O and no Prefect or MLflow here.
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from retrain_pipeline.config import ModelConfig, estimator_class
+from retrain_pipeline.data import DataSummary
 
 Metrics = dict[str, float | None]
 
@@ -45,6 +48,115 @@ def train_model(
 ) -> Pipeline:
     """A fitted Pipeline for ``features`` -> ``target``."""
     return build_pipeline(config, impute=impute).fit(features, target)
+
+
+# --------------------------------------------------------------------------- incremental training
+
+IncrementalMethod = Literal["partial_fit", "warm_start"]
+
+
+def incremental_method(estimator: Any) -> IncrementalMethod | None:
+    """How ``estimator`` learns more data without forgetting what it learned: ``partial_fit``
+    (SGDClassifier, the naive Bayes classifiers, ...), ``warm_start`` (an ensemble that grows:
+    forests, gradient boosting, bagging), or None."""
+    if callable(getattr(estimator, "partial_fit", None)):
+        return "partial_fit"
+    if _growth_parameter(estimator) is not None:
+        return "warm_start"
+    return None
+
+
+def _growth_parameter(estimator: Any) -> str | None:
+    """The size parameter a ``warm_start`` ensemble grows by: ``n_estimators`` (forests,
+    gradient boosting, bagging: more trees) or ``max_iter`` (HistGradientBoosting: more
+    iterations). Not LogisticRegression's ``warm_start``, which only starts a new fit from
+    the old coefficients and forgets the old data."""
+    from sklearn.ensemble import BaseEnsemble, HistGradientBoostingClassifier
+
+    params = estimator.get_params()
+    if "warm_start" not in params:
+        return None
+    if isinstance(estimator, BaseEnsemble) and "n_estimators" in params:
+        return "n_estimators"
+    if isinstance(estimator, HistGradientBoostingClassifier):
+        return "max_iter"
+    return None
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained model and how: from scratch, or continued from the champion."""
+
+    model: Pipeline
+    continued_from: str | None  # the champion version it continued from; None: from scratch
+    learned: tuple[int, ...]  # the batches whose train rows it learned in this run
+    summary: DataSummary  # rows it learned (train) and was scored on (holdout)
+    how: str  # one line for logs and the MLflow run
+
+    def lineage(self, training: str) -> dict[str, Any]:
+        """What the training-data manifest and the MLflow run record of how it was trained."""
+        return {
+            "training": training,
+            "continued_from": self.continued_from,
+            "learned_batches": list(self.learned),
+        }
+
+
+def cannot_continue(
+    config: ModelConfig, champion: Any, features: pd.DataFrame, *, impute: bool
+) -> str | None:
+    """Why the model cannot continue from ``champion`` (None: it can): no champion, another
+    estimator, other preprocessing steps, hyperparameters or feature columns."""
+    if champion is None:
+        return "no champion yet"
+    fresh = build_pipeline(config, impute=impute)
+    if not isinstance(champion, Pipeline) or list(champion.named_steps) != list(fresh.named_steps):
+        steps = list(champion.named_steps) if isinstance(champion, Pipeline) else type(champion).__name__
+        return f"its steps are {steps}, the params give {list(fresh.named_steps)}"
+    old, new = champion[-1], fresh[-1]
+    if type(old) is not type(new):
+        return f"it is a {type(old).__name__}, the params give {type(new).__name__}"
+    ignored = (_growth_parameter(new), "warm_start", "n_jobs", "verbose")
+    before, after = old.get_params(), new.get_params()
+    changed = sorted(k for k in after if k not in ignored and repr(before.get(k)) != repr(after[k]))
+    if changed:
+        return f"its hyperparameters {changed} differ from the params'"
+    names = getattr(champion, "feature_names_in_", None)
+    if names is None or list(names) != [str(c) for c in features.columns]:
+        return "it was trained on other feature columns"
+    return None
+
+
+def continue_training(
+    config: ModelConfig,
+    champion: Pipeline,
+    features: pd.DataFrame,
+    target: pd.Series,
+    classes: Sequence[int | str],
+) -> Pipeline:
+    """A copy of ``champion`` that has also learned ``features`` -> ``target``; the champion
+    itself is left as it was (it is still compared with).
+
+    The preprocessing steps keep what they learned first (the new rows are transformed as the
+    champion transforms them); the estimator learns the new rows by ``partial_fit``, or by
+    ``warm_start`` growing its ensemble by the configured size (``n_estimators`` or
+    ``max_iter`` of ``model.hyperparameters``, else scikit-learn's default).
+    """
+    model = copy.deepcopy(champion)
+    estimator = model[-1]
+    rows = model[:-1].transform(features) if len(model) > 1 else features
+    if incremental_method(estimator) == "partial_fit":
+        estimator.partial_fit(rows, target, classes=np.asarray(classes))
+        return model
+    growth = _growth_parameter(estimator)
+    if growth is None:
+        raise ValueError(f"{type(estimator).__name__} can neither partial_fit nor warm_start")
+    default = build_pipeline(config)[-1].get_params()[growth]
+    warm_start = estimator.get_params()["warm_start"]
+    estimator.set_params(warm_start=True, **{growth: estimator.get_params()[growth] + default})
+    estimator.fit(rows, target)
+    estimator.set_params(warm_start=warm_start)
+    return model
 
 
 def evaluate_model(

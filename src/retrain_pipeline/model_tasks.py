@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from sklearn.pipeline import Pipeline
 
-from retrain_pipeline import model, reporting, tracking
+from retrain_pipeline import data_tasks, model, reporting, tracking
 from retrain_pipeline.config import Settings
 from retrain_pipeline.data_tasks import TrainingData
 from retrain_pipeline.errors import TrackingError
@@ -89,11 +89,35 @@ def _local_champion(settings: Settings, state: PipelineState, version: str) -> A
 
 
 @task(name="train-model", cache_policy=NO_CACHE)
-def train(settings: Settings, training: TrainingData) -> Pipeline:
-    parts = training.parts
-    return model.train_model(
-        settings.model, parts.train_features, parts.train_target, impute=settings.data.allow_missing_values
-    )
+def train(settings: Settings, training: TrainingData, champion: Champion | None) -> model.Trained:
+    """Train on the merged train rows; ``model.training: incremental`` continues from the
+    champion on the batches it has not learned, or says why it cannot and trains from scratch
+    on every batch of the window."""
+    parts, impute = training.parts, settings.data.allow_missing_values
+    batches = ", ".join(map(str, training.learned))
+    if settings.model.training == "full":
+        fitted = model.train_model(settings.model, parts.train_features, parts.train_target, impute=impute)
+        return model.Trained(
+            fitted, None, training.learned, parts.summary, f"trained from scratch on batches {batches}"
+        )
+    logger = get_run_logger()
+    old = champion.model if champion else None
+    problem = model.cannot_continue(settings.model, old, parts.train_features, impute=impute)
+    if champion is not None and problem is None:
+        fitted = model.continue_training(
+            settings.model, champion.model, parts.train_features, parts.train_target, settings.data.classes
+        )
+        how = f"continued from champion v{champion.version} on batches {batches}"
+        logger.info("Incremental training: %s", how)
+        return model.Trained(fitted, champion.version, training.learned, parts.summary, how)
+    features, target, summary = parts.train_features, parts.train_target, parts.summary
+    if training.learned != training.accepted_batches:
+        features, target, summary = data_tasks.full_train_part(settings, training)
+    everything = ", ".join(map(str, training.accepted_batches))
+    how = f"trained from scratch on batches {everything}: cannot continue from the champion ({problem})"
+    logger.info("Incremental training: %s", how)
+    fitted = model.train_model(settings.model, features, target, impute=impute)
+    return model.Trained(fitted, None, training.accepted_batches, summary, how)
 
 
 @task(name="evaluate-models", cache_policy=NO_CACHE)
@@ -131,7 +155,7 @@ def log_run(
     settings: Settings,
     experiment_id: str,
     *,
-    trained: Pipeline,
+    trained: model.Trained,
     training: TrainingData,
     evaluation: model.Evaluation,
     tags: dict[str, str],
@@ -141,7 +165,7 @@ def log_run(
     """One MLflow run for this attempt: tags, params, metrics (with the batch's monitoring
     figures), JSON documents, model; registers a version."""
     cfg = settings
-    summary = training.parts.summary
+    summary = trained.summary
     # A few training rows as the input example (every batch has at least one).
     example = training.parts.train_features.head(5)
     params: dict[str, Any] = {
@@ -156,6 +180,9 @@ def log_run(
         "holdout_rows": summary.holdout_rows,
         "accepted_batches": ",".join(map(str, training.accepted_batches)),
         "window_batches": cfg.data.window_batches or "all",
+        "training": cfg.model.training,
+        "continued_from_version": trained.continued_from or "none",
+        "learned_batches": ",".join(map(str, trained.learned)),
         "holdout_fraction": cfg.evaluation.holdout_fraction,
         "primary_metric": cfg.evaluation.primary_metric,
         "promotion_tolerance": cfg.evaluation.promotion_tolerance,
@@ -174,7 +201,7 @@ def log_run(
         tags={**tags, tracking.DECISION_TAG: evaluation.decision.reason},
         params=params,
         metrics=metrics,
-        model=trained,
+        model=trained.model,
         input_example=example,
         documents=documents,
     )

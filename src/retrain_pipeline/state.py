@@ -117,6 +117,11 @@ class BatchRecord(BaseModel):
     trained: bool | None = None  # False: accepted without training (monitoring.retrain_policy)
     skip_reason: str | None = None  # why it was not trained
     drift: DriftRecord | None = None
+    # model.training: incremental (None for full training and older records): the champion
+    # version the model continued from (None: trained from scratch), and the batches whose
+    # train rows it learned in this run.
+    continued_from: str | None = None
+    learned_batches: list[int] | None = None
 
 
 class Rollback(BaseModel):

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import joblib
 import mlflow
 import pandas as pd
 import pyarrow.parquet as pq
@@ -27,6 +28,7 @@ from retrain_pipeline.data import (
 )
 from retrain_pipeline.errors import DataValidationError, StateError
 from retrain_pipeline.fileio import md5_file
+from retrain_pipeline.operations import rollback
 from retrain_pipeline.state import load_state
 from retrain_pipeline.versioning import cached_file, recorded_md5
 
@@ -381,3 +383,53 @@ def test_sliding_window_trains_on_the_last_batches_only(make_project: Callable[.
     (mlrun,) = runs_by_batch(params)["3"]
     assert mlrun.data.params["accepted_batches"] == "2,3"
     assert mlrun.data.params["window_batches"] == "2"
+
+
+def test_incremental_training_continues_from_the_champion(make_project: Callable[..., Path]) -> None:
+    # Tolerance 1: every model is promoted, so each batch continues from the one before.
+    params = make_project(model={"training": "incremental"}, evaluation={"promotion_tolerance": 1.0})
+    for _ in range(3):
+        assert run(params)["status"] == "completed"
+    settings = load_settings(params)
+    state = load_state(settings.paths.state_file)
+    first, second, third = (state.batches[str(n)] for n in (1, 2, 3))
+    assert (first.continued_from, first.learned_batches) == (None, [1])
+    assert (second.continued_from, second.learned_batches) == (first.model_version, [2])
+    assert (third.continued_from, third.learned_batches) == (second.model_version, [3])
+    # Each learns its own 40 train rows; each is gated on the holdout of every accepted batch.
+    assert [r.train_rows for r in (first, second, third)] == [40, 40, 40]
+    assert [r.holdout_rows for r in (first, second, third)] == [10, 20, 30]
+    forest = joblib.load(settings.model_file(3))[-1]
+    assert len(forest.estimators_) == 3 * 25  # each batch grew the forest by n_estimators
+    manifest = json.loads(cached_file(settings.root, third.data_md5).read_text())
+    assert [b["batch"] for b in manifest["batches"]] == [1, 2, 3]  # the data of this run
+    assert manifest["training"] == "incremental"
+    assert (manifest["continued_from"], manifest["learned_batches"]) == (second.model_version, [3])
+    (mlrun,) = runs_by_batch(params)["3"]
+    assert mlrun.data.params["continued_from_version"] == second.model_version
+    assert mlrun.data.params["learned_batches"] == "3"
+
+
+def test_incremental_training_learns_what_the_champion_missed_and_restarts_when_it_must(
+    make_project: Callable[..., Path],
+) -> None:
+    params = make_project(model={"training": "incremental"}, evaluation={"promotion_tolerance": 1.0})
+    for _ in range(3):
+        assert run(params)["status"] == "completed"
+    settings = load_settings(params)
+    first = load_state(settings.paths.state_file).batches["1"]
+    rollback(settings, str(first.model_version), "test: back to the first model")
+    # The champion learned batch 1 only: batch 4 learns 2, 3 and 4 on top of it.
+    assert run(params)["status"] == "completed"
+    fourth = load_state(settings.paths.state_file).batches["4"]
+    assert (fourth.continued_from, fourth.learned_batches, fourth.train_rows) == (
+        first.model_version,
+        [2, 3, 4],
+        120,
+    )
+    # Other hyperparameters than the champion's: batch 5 cannot continue, learns every batch.
+    params.write_text(params.read_text().replace("max_depth: 4", "max_depth: 3"), encoding="utf-8")
+    assert run(params)["status"] == "completed"
+    fifth = load_state(settings.paths.state_file).batches["5"]
+    assert (fifth.continued_from, fifth.learned_batches, fifth.train_rows) == (None, [1, 2, 3, 4, 5], 200)
+    assert len(joblib.load(settings.model_file(5))[-1].estimators_) == 25

@@ -132,6 +132,15 @@ def test_values_from_the_file_are_used(tmp_path: Path, params_writer) -> None:
     assert settings.automation.timezone == "Europe/Berlin"
 
 
+@pytest.mark.parametrize(
+    "estimator", ["random_forest", "hist_gradient_boosting", "sklearn.linear_model.SGDClassifier"]
+)
+def test_incremental_training_with_an_estimator_that_can_learn_more(tmp_path: Path, estimator: str) -> None:
+    settings = Settings.from_mapping({"model": {"estimator": estimator, "training": "incremental"}}, tmp_path)
+    assert settings.model.training == "incremental"
+    assert Settings.from_mapping({}, tmp_path).model.training == "full"
+
+
 def test_dotted_estimator_class_path_is_accepted(tmp_path: Path) -> None:
     settings = Settings.from_mapping({"model": {"estimator": "sklearn.svm.SVC"}}, tmp_path)
     assert settings.model.estimator == "sklearn.svm.SVC"
@@ -374,6 +383,16 @@ FAILURES = [
     pytest.param({"automation": {"max_batches": 0}}, "automation.max_batches", id="max-batches-0"),
     pytest.param(
         {"model": {"estimator": "nope"}}, "model.estimator: unknown estimator 'nope'", id="bad-estimator"
+    ),
+    pytest.param(
+        {"model": {"estimator": "logistic_regression", "training": "incremental"}},
+        "model.training: incremental training needs an estimator that can learn more data",
+        id="incremental-without-partial-fit-or-warm-start",
+    ),
+    pytest.param(
+        {"model": {"training": "online"}},
+        "model.training: Input should be 'full' or 'incremental'",
+        id="bad-training",
     ),
     pytest.param(
         {"model": {"estimator": "sklearn.linear_model.LinearRegression"}},

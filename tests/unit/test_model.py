@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +13,18 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from retrain_pipeline.config import METRIC_NAMES, ModelConfig
 from retrain_pipeline.model import (
     PromotionDecision,
     build_pipeline,
+    cannot_continue,
+    continue_training,
     decide_promotion,
     evaluate_model,
+    incremental_method,
     train_model,
 )
 
@@ -299,3 +304,92 @@ def test_evaluate_matches_predict(estimator: str) -> None:
     metrics = evaluate_model(fitted, features, target, 1)
     assert metrics["accuracy"] == pytest.approx(_accuracy(target, fitted.predict(features)))
     assert metrics["roc_auc"] is not None and 0.5 < metrics["roc_auc"] <= 1.0
+
+
+# --------------------------------------------------------------------------- incremental training
+
+
+@pytest.mark.parametrize(
+    ("estimator", "method"),
+    [
+        ("sklearn.linear_model.SGDClassifier", "partial_fit"),
+        ("sklearn.naive_bayes.GaussianNB", "partial_fit"),
+        ("random_forest", "warm_start"),
+        ("extra_trees", "warm_start"),
+        ("gradient_boosting", "warm_start"),
+        ("hist_gradient_boosting", "warm_start"),
+        ("logistic_regression", None),  # its warm_start only starts a new fit from old coefficients
+        ("sklearn.neighbors.KNeighborsClassifier", None),
+    ],
+)
+def test_incremental_method_of_each_estimator(estimator: str, method: str | None) -> None:
+    assert incremental_method(build_pipeline(ModelConfig(estimator=estimator))[-1]) == method
+
+
+def _halves() -> tuple[tuple[pd.DataFrame, pd.Series], tuple[pd.DataFrame, pd.Series]]:
+    features, target = separable(n=160, seed=4)
+    return (features.iloc[:80], target.iloc[:80]), (features.iloc[80:], target.iloc[80:])
+
+
+@pytest.mark.parametrize(
+    ("estimator", "hyperparameters", "size"),
+    [
+        ("random_forest", FAST_FOREST, lambda m: len(m[-1].estimators_)),
+        ("hist_gradient_boosting", {"max_iter": 7}, lambda m: m[-1].n_iter_),
+    ],
+)
+def test_a_warm_start_ensemble_grows_by_its_configured_size_and_the_champion_stays(
+    estimator: str, hyperparameters: dict, size: Callable[[Pipeline], int]
+) -> None:
+    config = ModelConfig(estimator=estimator, hyperparameters=hyperparameters)
+    (first_x, first_y), (new_x, new_y) = _halves()
+    champion = train_model(config, first_x, first_y)
+    before = size(champion)
+
+    grown = continue_training(config, champion, new_x, new_y, (0, 1))
+
+    assert size(champion) == before  # the champion is compared with: never changed
+    assert size(grown) == 2 * before
+    assert grown[-1].get_params()["warm_start"] is False
+    assert (grown.predict(new_x) == new_y).mean() > 0.9
+    assert cannot_continue(config, grown, new_x, impute=True) is None  # the next batch continues
+
+
+def test_partial_fit_learns_the_new_rows_with_the_champions_scaling() -> None:
+    config = ModelConfig(estimator="sklearn.linear_model.SGDClassifier", hyperparameters={"max_iter": 20})
+    (first_x, first_y), (new_x, new_y) = _halves()
+    champion = train_model(config, first_x, first_y)
+    coefficients = champion[-1].coef_.copy()
+
+    continued = continue_training(config, champion, new_x, new_y, (0, 1))
+
+    np.testing.assert_array_equal(champion[-1].coef_, coefficients)
+    assert not np.array_equal(continued[-1].coef_, coefficients)
+    np.testing.assert_array_equal(continued.named_steps["scale"].mean_, champion.named_steps["scale"].mean_)
+    assert (continued.predict(new_x) == new_y).mean() > 0.9
+
+
+def test_cannot_continue_says_why() -> None:
+    config = ModelConfig(estimator="random_forest", hyperparameters=FAST_FOREST)
+    (first_x, first_y), _ = _halves()
+    champion = train_model(config, first_x, first_y)
+    deeper = ModelConfig(estimator="random_forest", hyperparameters={**FAST_FOREST, "max_depth": 5})
+    trees = ModelConfig(estimator="extra_trees", hyperparameters=FAST_FOREST)
+    unscaled = ModelConfig(estimator="random_forest", hyperparameters=FAST_FOREST, scale_features=False)
+
+    assert cannot_continue(config, None, first_x, impute=True) == "no champion yet"
+    assert cannot_continue(config, champion, first_x, impute=True) is None
+    assert cannot_continue(deeper, champion, first_x, impute=True) == (
+        "its hyperparameters ['max_depth'] differ from the params'"
+    )
+    assert cannot_continue(trees, champion, first_x, impute=True) == (
+        "it is a RandomForestClassifier, the params give ExtraTreesClassifier"
+    )
+    assert "its steps are ['impute', 'scale', 'model']" in str(
+        cannot_continue(unscaled, champion, first_x, impute=True)
+    )
+    assert cannot_continue(config, champion, first_x.rename(columns={"x1": "z"}), impute=True) == (
+        "it was trained on other feature columns"
+    )
+    more_jobs = ModelConfig(estimator="random_forest", hyperparameters={**FAST_FOREST, "n_jobs": 2})
+    assert cannot_continue(more_jobs, champion, first_x, impute=True) is None  # not the model itself
