@@ -197,6 +197,7 @@ def summarize_size(
         batches=spec.batches,
         repetitions=spec.repetitions,
         window_batches=spec.window,
+        training=spec.training,
         flow_total_s=_totals(flow_totals),
         baseline_total_s=_totals(base_totals),
         ratio_total_medians=_median(flow_totals) / _median(base_totals),
@@ -305,6 +306,7 @@ def target_checks(sizes: dict[str, SizeSummary], memory: dict[str, MemorySummary
         *_ratio_checks(sizes["small"], sizes["large"]),
         *_memory_checks(sizes["large"], memory["large"]),
         *_window_checks(sizes),
+        *_incremental_checks(sizes),
     ]
 
 
@@ -387,6 +389,27 @@ def _window_checks(sizes: dict[str, SizeSummary]) -> list[TargetCheck]:
                 f"least-squares line over batches {first}..{last}: {at_first:.2f} s -> {at_last:.2f} s "
                 f"({fit.slope_s_per_row:+.3f} s per batch); without a window the rows grow "
                 f"{last / first:.1f}x over these batches",
+            )
+        )
+    return checks
+
+
+def _incremental_checks(sizes: dict[str, SizeSummary]) -> list[TargetCheck]:
+    """With model.training: incremental, a late batch costs what an early one did."""
+    checks = []
+    for name, size in sizes.items():
+        if size.training != "incremental" or size.batches < 10:
+            continue
+        fifth, tenth = size.per_batch[4], size.per_batch[9]
+        checks.append(
+            _check(
+                f"model.training=incremental ({name}, {size.rows_per_batch:,} rows/batch): "
+                "t(batch 10)/t(batch 5) of the flow (medians)",
+                tenth.flow_s / fifth.flow_s,
+                MAX_WINDOW_GROWTH,
+                "x",
+                f"{fifth.flow_s:.2f} s -> {tenth.flow_s:.2f} s; the baseline (incremental too): "
+                f"{fifth.baseline_s:.2f} s -> {tenth.baseline_s:.2f} s",
             )
         )
     return checks

@@ -102,6 +102,7 @@ def _baseline_data(run: BaselineRun, n: int, timer: StepTimer) -> TrainHoldout:
             data.read_first_batch(run.batch_file(run.accepted[0]), run.accepted[0]) if run.accepted else None
         )
         earlier = data.training_batches(run.accepted, n, cfg.window_batches)[:-1]
+        incremental = run.settings.model.training == "incremental" and run.champion_batch is not None
         merged = data.validate_and_merge_batch(
             frame,
             config=cfg,
@@ -110,6 +111,7 @@ def _baseline_data(run: BaselineRun, n: int, timer: StepTimer) -> TrainHoldout:
             source=str(path),
             first=first,
             earlier={k: run.batch_file(k) for k in earlier},
+            learn={k for k in earlier if k > (run.champion_batch or 0)} if incremental else None,
         )
         run.features = [str(c) for c in merged.parts.train_features.columns]
     with timer.step("write data"):
@@ -150,12 +152,13 @@ def _baseline_model(run: BaselineRun, parts: TrainHoldout, n: int, timer: StepTi
     from retrain_pipeline import model
 
     with timer.step("train"):
-        trained = model.train_model(
-            run.settings.model,
-            parts.train_features,
-            parts.train_target,
-            impute=run.settings.data.allow_missing_values,
-        )
+        config, impute = run.settings.model, run.settings.data.allow_missing_values
+        if config.training == "incremental" and run.champion is not None:  # as the flow's train task
+            trained = model.continue_training(
+                config, run.champion, parts.train_features, parts.train_target, run.settings.data.classes
+            )
+        else:
+            trained = model.train_model(config, parts.train_features, parts.train_target, impute=impute)
     with timer.step("evaluate"):
         cfg = run.settings.evaluation
         evaluation = model.evaluate_against_champion(

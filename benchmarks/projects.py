@@ -18,14 +18,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def write_params(root: Path, max_batches: int, window: int | None = None, cron: str | None = None) -> Path:
+def write_params(
+    root: Path, max_batches: int, window: int | None = None, cron: str | None = None, training: str = "full"
+) -> Path:
     """A params.yaml for a landing-source project; MLflow stays at sqlite:///mlflow.db."""
     automation: dict[str, Any] = {"max_batches": max_batches}
     if cron is not None:
         automation["cron_schedule"] = cron
     params = {
         "data": {"source": "landing", "target_column": "target", "classes": [0, 1], "window_batches": window},
-        "model": {"estimator": ESTIMATOR, "hyperparameters": dict(HYPERPARAMETERS)},
+        "model": {"estimator": ESTIMATOR, "hyperparameters": dict(HYPERPARAMETERS), "training": training},
         "automation": automation,
     }
     path = root / "params.yaml"
@@ -39,13 +41,14 @@ def make_project(
     max_batches: int,
     window: int | None = None,
     cron: str | None = None,
+    training: str = "full",
 ) -> Path:
     """A project folder with params.yaml and the batches in data/landing; returns params."""
     from benchmarks.synthetic import write_landing
 
     root.mkdir(parents=True)
     write_landing(root / "data" / "landing", batches)
-    return write_params(root, max_batches, window, cron)
+    return write_params(root, max_batches, window, cron, training)
 
 
 def build_runs(work: Path, sizes: Sequence[SizeSpec]) -> list[RunJob]:
@@ -57,7 +60,9 @@ def build_runs(work: Path, sizes: Sequence[SizeSpec]) -> list[RunJob]:
         batches = make_batches(spec.batches + 2, spec.rows, N_FEATURES, seed=SEED)
         for rep in range(1, spec.repetitions + 1):
             folder = work / f"{spec.name}-rep{rep}"
-            params = make_project(folder / "project", batches, spec.batches + 2, spec.window)
+            params = make_project(
+                folder / "project", batches, spec.batches + 2, spec.window, training=spec.training
+            )
             runs.append(RunJob(spec.name, rep, str(params), str(folder / "baseline"), spec.batches))
         logger.info("Wrote %d project(s) for size %s (%d rows/batch)", spec.repetitions, spec.name, spec.rows)
     return runs

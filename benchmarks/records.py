@@ -398,6 +398,7 @@ class SizeSummary:
     batches: int
     repetitions: int
     window_batches: int | None
+    training: str
     flow_total_s: Totals
     baseline_total_s: Totals
     ratio_total_medians: float

@@ -131,6 +131,8 @@ def _method(sizes: dict[str, SizeSummary]) -> list[str]:
     text = ", ".join(
         f"{name}: {s.rows_per_batch:,} rows x {N_FEATURES} features per batch, {s.batches} batches, "
         f"{s.repetitions} repetition(s)"
+        + (f", data.window_batches={s.window_batches}" if s.window_batches else "")
+        + (f", model.training={s.training}" if s.training != "full" else "")
         for name, s in sizes.items()
     )
     return ["## What is measured", "", METHOD.format(sizes=text, estimator=ESTIMATOR, hp=HYPERPARAMETERS)]

@@ -49,17 +49,20 @@ class SizeSpec:
     batches: int
     repetitions: int
     window: int | None = None  # data.window_batches
+    training: str = "full"  # model.training
 
 
 FULL_SIZES = (
     SizeSpec("small", 50, 10, 3),
     SizeSpec("large", 100_000, 10, 2),
     SizeSpec("large-window", 100_000, 10, 2, window=3),
+    SizeSpec("large-incremental", 100_000, 10, 2, training="incremental"),
 )
 SMOKE_SIZES = (
     SizeSpec("small", 50, 3, 1),
     SizeSpec("large", 2_000, 3, 1),
     SizeSpec("large-window", 2_000, 3, 1, window=1),
+    SizeSpec("large-incremental", 2_000, 3, 1, training="incremental"),
 )
 
 
