@@ -182,6 +182,8 @@ def test_deployment_is_registered_as_configured(stack: Stack) -> None:
     assert deployment.concurrency_limit == 1 or deployment.global_concurrency_limit.limit == 1
     assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW"
     assert deployment.job_variables["working_dir"] == str(REPO)
+    # Its runs start Prefect's engine directly, without Prefect's workspace supervisor process.
+    assert deployment.job_variables["command"].endswith(" -m prefect.engine")
     assert deployment.job_variables["env"]["MLFLOW_TRACKING_URI"] == stack.mlflow_uri
     assert deployment.parameters["params_path"] == str(stack.params)
     assert deployment.paused is False

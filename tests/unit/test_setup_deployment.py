@@ -16,6 +16,7 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 from prefect.events.schemas.events import ResourceSpecification
 from prefect.server.utilities.user_templates import render_user_template_sync
 
+import deployments.setup_deployment as setup_deployment
 from deployments.setup_deployment import (
     DEFAULT_HEARTBEAT_S,
     crash_alert,
@@ -156,3 +157,43 @@ def test_the_crash_alert_renders_batch_run_and_message_into_safe_json(tmp_path: 
 
 def test_the_crash_alert_block_name_is_a_valid_block_name() -> None:
     assert crash_alert_block_name("Automated_Retraining 2") == "retrain-crash-alert-automated-retraining-2"
+
+
+class _CapturedFlow:
+    """What ``Flow.from_source(...)`` returns, recording the arguments of ``deploy``."""
+
+    def __init__(self, source: object) -> None:
+        self.source = source
+        self.deployed: dict[str, object] = {}
+
+    def deploy(self, **kwargs: object) -> str:
+        self.deployed = kwargs
+        return str(uuid4())
+
+
+@pytest.mark.parametrize("code_source", [None, "https://example.invalid/retrain.git"])
+def test_local_runs_start_the_engine_directly_and_cloned_ones_as_prefect_chooses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code_source: str | None
+) -> None:
+    captured: list[_CapturedFlow] = []
+
+    def from_source(source: object, entrypoint: str) -> _CapturedFlow:
+        captured.append(_CapturedFlow(source))
+        return captured[-1]
+
+    monkeypatch.setattr(setup_deployment.Flow, "from_source", from_source)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"automation": {"code_source": code_source}}), encoding="utf-8")
+
+    setup_deployment.deploy(load_settings(params), tracking_uri=None)
+
+    job_variables = captured[0].deployed["job_variables"]
+    assert isinstance(job_variables, dict)
+    if code_source is None:
+        # No workspace supervisor process (a second Prefect import) before the engine's.
+        command = setup_deployment.engine_command()
+        assert job_variables["command"] == command
+        assert command.endswith(" -m prefect.engine")
+        assert job_variables["working_dir"] == str(setup_deployment.PROJECT_ROOT)
+    else:
+        assert "command" not in job_variables  # each worker's own interpreter

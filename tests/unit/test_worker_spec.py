@@ -50,7 +50,7 @@ def test_worker_env_has_the_poll_and_prefetch_seconds_of_the_params(
 
 def test_worker_env_defaults_and_fractions(make_project: Callable[..., Path]) -> None:
     default = services.worker_spec("worker", automation_of(make_project), {"PREFECT_API_URL": API_URL})
-    assert (default.env[POLL], default.env[PREFETCH]) == ("5", "30")
+    assert (default.env[POLL], default.env[PREFETCH]) == ("1", "30")  # a run started now waits 0.5 s
 
     fraction = services.worker_spec(
         "worker",
