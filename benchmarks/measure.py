@@ -92,7 +92,11 @@ def measure(sizes: Sequence[SizeSpec], cold: ColdStartSpec, work: Path, smoke: b
     baseline = run_worker("baseline", job, BaselineWorkerResult, work, env)
     flow = run_worker("flow", job, FlowWorkerResult, work, env)
     # Memory and the CLI run for the sizes without a window (the peak RSS is the process's).
-    first = {s.name: next(r for r in runs if r.size == s.name) for s in sizes if s.window is None}
+    first = {
+        s.name: next(r for r in runs if r.size == s.name)
+        for s in sizes
+        if s.window is None and s.training == "full"
+    }
     merged = {name: merged_table_bytes(run.params_file) for name, run in first.items()}
     cli = {name: run_cli(run.params_file, env) for name, run in first.items()}
     cold_start = measure_cold_start(cold, work, env)

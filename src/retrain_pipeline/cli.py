@@ -34,6 +34,7 @@ from retrain_pipeline.arguments import (
 )
 from retrain_pipeline.config import PROJECT_PARAMS, Settings, load_settings, params_for_command
 from retrain_pipeline.errors import PipelineError
+from retrain_pipeline.prefect_runtime import exit_without_teardown
 from retrain_pipeline.reporting import render_status
 from retrain_pipeline.state import PipelineState, next_batch_number
 from retrain_pipeline.state_stores import FileStateStore, state_store
@@ -198,4 +199,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Without the interpreter's teardown: 1-2 s after every command, and a C++ thread pool
+    # destroyed in it once aborted `predict` ("terminate called without an active exception").
+    exit_without_teardown(main())

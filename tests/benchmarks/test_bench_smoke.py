@@ -43,7 +43,7 @@ TOP_LEVEL_KEYS = {
     "checks",
     "total_runtime_s",
 }
-SIZES = ("small", "large", "large-window")
+SIZES = ("small", "large", "large-window", "large-incremental")
 UNWINDOWED = ("small", "large")  # memory and the CLI run are measured for these
 # 7 of the sizes; deployment run, CLI with and without services, idle CLI RSS (no tick); the
 # monitoring step at two sizes
@@ -96,6 +96,7 @@ def test_results_have_the_expected_keys(smoke_results: Smoke) -> None:
     assert set(results["sizes"]) == set(SIZES)
     assert set(results["memory"]) == set(UNWINDOWED) == set(results["cli"])
     assert results["sizes"]["large-window"]["window_batches"] == 1
+    assert results["sizes"]["large-incremental"]["training"] == "incremental"
     for size in results["sizes"].values():
         assert {"flow_total_s", "baseline_total_s", "per_batch", "growth", "flow_steps_s"} <= set(size)
 

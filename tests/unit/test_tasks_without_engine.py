@@ -61,10 +61,12 @@ def test_the_data_tasks_run_as_plain_calls(settings: Settings) -> None:
 
 def test_the_model_tasks_run_as_plain_calls_with_the_run_logger_disabled(settings: Settings) -> None:
     _, training = _accept(settings, PipelineState(), 1)
-    model = train.fn(settings, training)
+    model = train.fn(settings, training, None).model
     # A champion trained on other columns cannot score this holdout: the new model is promoted.
     other = training.parts.train_features.rename(columns=lambda c: f"other_{c}")
-    stranger = train.fn(settings, replace(training, parts=replace(training.parts, train_features=other)))
+    stranger = train.fn(
+        settings, replace(training, parts=replace(training.parts, train_features=other)), None
+    ).model
 
     with disable_run_logger():  # evaluate logs through get_run_logger()
         evaluation = evaluate.fn(settings, model, Champion("3", stranger), training)
