@@ -91,7 +91,7 @@ class Trained:
     continued_from: str | None  # the champion version it continued from; None: from scratch
     learned: tuple[int, ...]  # the batches whose train rows it learned in this run
     summary: DataSummary  # rows it learned (train) and was scored on (holdout)
-    how: str  # one line for logs and the MLflow run
+    how: str  # one line for the run's log
 
     def lineage(self, training: str) -> dict[str, Any]:
         """What the training-data manifest and the MLflow run record of how it was trained."""
