@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import json
 import logging
 import math
 import os
@@ -127,8 +129,35 @@ def deploy(settings: Settings, tracking_uri: str | None, heartbeat_s: int = DEFA
 
     Runs of a deployment of this folder start Prefect's engine directly (:func:`engine_command`);
     those of ``automation.code_source`` (workers anywhere, each with its own interpreter) the
-    way Prefect chooses.
+    way Prefect chooses. The deployment's ``version`` is :func:`registration_version`.
     """
+    auto = settings.automation
+    source, parameters, job_variables = deployment_source(settings, tracking_uri, heartbeat_s)
+    # from_source is typed "Flow | Coroutine" (sync/async dual); called synchronously it is a Flow.
+    source_flow = cast(Flow[..., Any], Flow.from_source(source, ENTRYPOINT))
+    deployment_id = source_flow.deploy(
+        name=auto.deployment_name,
+        work_pool_name=auto.work_pool,
+        schedules=[Cron(auto.cron_schedule, timezone=auto.timezone)],
+        paused=False,
+        parameters=parameters,
+        job_variables=job_variables,
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+        ),
+        description="Retrain on the next batch: validate, merge, train, gate, log, version, record.",
+        tags=["retraining"],
+        version=registration_version(settings, tracking_uri, heartbeat_s),
+        ignore_warnings=True,
+        print_next_steps=False,
+    )
+    return UUID(str(deployment_id))
+
+
+def deployment_source(
+    settings: Settings, tracking_uri: str | None, heartbeat_s: int
+) -> tuple[str | GitRepository, dict[str, Any], dict[str, Any]]:
+    """Where the deployment's code comes from, its parameters and its job variables."""
     auto = settings.automation
     env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", HEARTBEAT_ENV: str(heartbeat_s)}
     source: str | GitRepository
@@ -146,24 +175,59 @@ def deploy(settings: Settings, tracking_uri: str | None, heartbeat_s: int = DEFA
         job_variables = {"working_dir": str(PROJECT_ROOT), "env": env, "command": engine_command()}
         if tracking_uri:
             env["MLFLOW_TRACKING_URI"] = tracking_uri
-    # from_source is typed "Flow | Coroutine" (sync/async dual); called synchronously it is a Flow.
-    source_flow = cast(Flow[..., Any], Flow.from_source(source, ENTRYPOINT))
-    deployment_id = source_flow.deploy(
-        name=auto.deployment_name,
-        work_pool_name=auto.work_pool,
-        schedules=[Cron(auto.cron_schedule, timezone=auto.timezone)],
-        paused=False,
-        parameters=parameters,
-        job_variables=job_variables,
-        concurrency_limit=ConcurrencyLimitConfig(
-            limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
-        ),
-        description="Retrain on the next batch: validate, merge, train, gate, log, version, record.",
-        tags=["retraining"],
-        ignore_warnings=True,
-        print_next_steps=False,
-    )
-    return UUID(str(deployment_id))
+    return source, parameters, job_variables
+
+
+def registration_version(settings: Settings, tracking_uri: str | None, heartbeat_s: int) -> str:
+    """A digest of everything the deployment and its automations are registered from: the flow
+    file and this script (their bytes), Prefect's version, the code source, parameters, job
+    variables, schedule, pool, heartbeat, project name, Prefect UI and alerts settings.
+
+    It is the deployment's ``version``; ``--run-now`` registers again only when it changed
+    (:func:`unchanged_deployment`).
+    """
+    import prefect
+
+    auto = settings.automation
+    source, parameters, job_variables = deployment_source(settings, tracking_uri, heartbeat_s)
+    described = {
+        "files": [
+            hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in (PROJECT_ROOT / ENTRYPOINT.partition(":")[0], Path(__file__).resolve())
+        ],
+        "prefect": prefect.__version__,
+        "source": [auto.code_source, auto.code_branch] if isinstance(source, GitRepository) else source,
+        "parameters": parameters,
+        "job_variables": job_variables,
+        "schedule": [auto.cron_schedule, auto.timezone, auto.work_pool, auto.deployment_name],
+        "heartbeat_s": heartbeat_s,
+        "project": settings.project_name,
+        "prefect_ui": links.prefect_ui(settings),
+        "alerts": settings.alerts.model_dump(mode="json"),
+    }
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+    return f"config-{digest[:16]}"
+
+
+def unchanged_deployment(settings: Settings, tracking_uri: str | None, heartbeat_s: int) -> UUID | None:
+    """The deployment's id when it is registered from exactly these settings and files, is not
+    paused (registering resumes it), and its work pool and automations exist; None when it has
+    to be registered again."""
+    auto = settings.automation
+    automations = [crash_automation_name(auto.deployment_name)]
+    if settings.alerts.webhook_url is not None and settings.alerts.wants("run_crashed"):
+        automations.append(crash_alert_name(auto.deployment_name))
+    with get_client(sync_client=True) as client:
+        try:
+            current = client.read_deployment_by_name(f"{FLOW_NAME}/{auto.deployment_name}")
+            client.read_work_pool(auto.work_pool)
+        except ObjectNotFound:
+            return None
+        if current.paused or current.version != registration_version(settings, tracking_uri, heartbeat_s):
+            return None
+        if not all(client.read_automations_by_name(name) for name in automations):
+            return None
+    return current.id
 
 
 def with_code_source(settings: Settings, url: str) -> Settings:
@@ -458,7 +522,17 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(params, default_root=PROJECT_ROOT)  # a missing file is a ConfigError
         if args.code_source:
             settings = with_code_source(settings, args.code_source)
-        deployment_id = deploy_and_report(settings, tracking_uri)
+        heartbeat_s = heartbeat_seconds(os.environ)
+        deployment_id = unchanged_deployment(settings, tracking_uri, heartbeat_s) if args.run_now else None
+        if deployment_id is None:
+            deployment_id = deploy_and_report(settings, tracking_uri)
+        else:
+            print(
+                f"deployment '{FLOW_NAME}/{settings.automation.deployment_name}' ({deployment_id}) and "
+                "its automations are registered from these settings and files already: not registered "
+                "again (make deploy always does)",
+                flush=True,
+            )
         if args.run_now:
             flow_run = run_now(deployment_id)
             print(f"triggered flow run {flow_run.name} ({flow_run.id})", flush=True)

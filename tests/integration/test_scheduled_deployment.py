@@ -208,12 +208,36 @@ def test_triggered_run_trains_through_the_worker(stack: Stack) -> None:
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "Completed" in result.stdout
+    # Registered from these very settings and files already (the fixture did it): not again.
+    assert "not registered again" in result.stdout and "work pool" not in result.stdout, result.stdout
     print(f"deploy + trigger -> COMPLETED: {elapsed:.1f} s")
 
     state = _assert_trained_next(stack, before)
     assert state["champion_version"] is not None
     if not before:
         assert state["champion_version"] == "1"
+
+
+def test_a_trigger_registers_again_what_changed(stack: Stack) -> None:
+    before = _processed(stack)
+    registered = _deployment()
+    assert registered.version.startswith("config-")
+    other = stack.root / "params-other-timezone.yaml"
+    other.write_text(
+        yaml.safe_dump({**PARAMS, "automation": {**PARAMS["automation"], "timezone": "Asia/Tokyo"}})
+    )
+    try:
+        result = stack.setup_deployment("--run-now", "--wait", "240", params=other)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        assert "work pool 'it-pool'" in result.stdout and "not registered again" not in result.stdout
+        changed = _deployment()
+        assert changed.id == registered.id and changed.version != registered.version
+        assert [s.schedule.timezone for s in changed.schedules] == ["Asia/Tokyo"]
+        assert changed.parameters["params_path"] == str(other)
+        _assert_trained_next(stack, before)
+    finally:
+        _put_back(stack)
+    assert _deployment().version == registered.version  # the same settings, the same version
 
 
 def test_two_runs_at_once_train_only_once(stack: Stack) -> None:

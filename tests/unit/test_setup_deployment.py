@@ -197,3 +197,33 @@ def test_local_runs_start_the_engine_directly_and_cloned_ones_as_prefect_chooses
         assert job_variables["working_dir"] == str(setup_deployment.PROJECT_ROOT)
     else:
         assert "command" not in job_variables  # each worker's own interpreter
+
+
+def test_the_registration_version_changes_with_what_the_deployment_is_registered_from(
+    tmp_path: Path,
+) -> None:
+    def version(automation: dict[str, object], alerts: dict[str, object] | None = None) -> str:
+        params = tmp_path / "params.yaml"
+        params.write_text(
+            yaml.safe_dump({"automation": automation, "alerts": alerts or {}}), encoding="utf-8"
+        )
+        return setup_deployment.registration_version(load_settings(params), None, DEFAULT_HEARTBEAT_S)
+
+    first = version({"cron_schedule": "*/2 * * * *"})
+    assert first.startswith("config-") and len(first) == len("config-") + 16
+    assert version({"cron_schedule": "*/2 * * * *"}) == first  # the same settings: the same version
+    for changed in (
+        version({"cron_schedule": "*/5 * * * *"}),
+        version({"cron_schedule": "*/2 * * * *", "timezone": "Asia/Tokyo"}),
+        version({"cron_schedule": "*/2 * * * *", "work_pool": "other-pool"}),
+        version({"cron_schedule": "*/2 * * * *"}, {"webhook_url": "https://hooks.example.invalid/x"}),
+    ):
+        assert changed != first
+    params = tmp_path / "params.yaml"
+    settings = load_settings(params)
+    assert setup_deployment.registration_version(settings, None, 60) != setup_deployment.registration_version(
+        settings, None, DEFAULT_HEARTBEAT_S
+    )
+    assert setup_deployment.registration_version(
+        settings, "http://127.0.0.1:5000", DEFAULT_HEARTBEAT_S
+    ) != setup_deployment.registration_version(settings, None, DEFAULT_HEARTBEAT_S)
