@@ -37,6 +37,7 @@ from benchmarks.spec import (
     BASELINE_STEPS,
     FLOW_STEPS,
     MAX_CLI_WITH_SERVICES_S,
+    MAX_CLI_WITH_SERVICES_TO_PLAIN,
     MAX_CLI_WITHOUT_SERVICES_S,
     MAX_DEPLOYMENT_RUN_S,
     MAX_FIXED_OVERHEAD_S,
@@ -44,6 +45,8 @@ from benchmarks.spec import (
     MAX_IDLE_CLI_RSS_MIB,
     MAX_RSS_TO_DATA,
     MAX_TICK_TO_COMPLETED_S,
+    MAX_TRIGGER_WALL_TO_PLAIN,
+    MAX_TRIGGERED_RUN_TO_PLAIN,
     MAX_WINDOW_GROWTH,
     BenchmarkError,
     SizeSpec,
@@ -277,6 +280,9 @@ def summarize_cold_start(cold: ColdStart) -> ColdStartSummary:
         tick_flow_run_s=_stats([r.flow_run_s for r in ticks]),
         cli_with_services_s=_stats([c.wall_s for c in cold.cli_with_services]),
         cli_without_services_s=_stats([c.wall_s for c in cold.cli_without_services]),
+        make_trigger_wall_s=_stats([t.wall_s for t in cold.make_trigger]),
+        make_trigger_to_final_s=_stats([t.trigger_to_final_s for t in cold.make_trigger]),
+        make_trigger_flow_run_s=_stats([t.flow_run_s for t in cold.make_trigger]),
     )
 
 
@@ -435,6 +441,7 @@ def cold_start_checks(
                 f"runs {runs_text(cli)} s",
             )
         )
+    checks += _against_plain_checks(summary)
     idle = min(m.cli_idle_peak_rss_bytes for m in memory.values())
     checks.append(
         _check(
@@ -445,6 +452,42 @@ def cold_start_checks(
             "Python, Prefect, MLflow, DVC, scikit-learn and one 50-row batch",
         )
     )
+    return checks
+
+
+def _against_plain_checks(summary: ColdStartSummary) -> list[TargetCheck]:
+    """What a user waits for, as a multiple of a cold plain-script process doing the same batch."""
+    plain = _measured(summary.plain_process_s, "plain-script process").median
+    running = summary.make_trigger_flow_run_s
+    of_which = ""
+    if running is not None:
+        of_which = f"; of it the Running state {running.median:.2f} s ({running.median / plain:.1f}x)"
+    checks = []
+    for stats, limit, label, more in (
+        (
+            summary.make_trigger_to_final_s,
+            MAX_TRIGGERED_RUN_TO_PLAIN,
+            "a run started by `make trigger`: created → COMPLETED",
+            of_which,
+        ),
+        (summary.make_trigger_wall_s, MAX_TRIGGER_WALL_TO_PLAIN, "`make trigger`, its whole wall time", ""),
+        (
+            summary.cli_with_services_s,
+            MAX_CLI_WITH_SERVICES_TO_PLAIN,
+            "the CLI (what `make run` runs), services up, whole process",
+            "",
+        ),
+    ):
+        measured = _measured(stats, label)
+        checks.append(
+            _check(
+                f"{label} / a cold plain-script process doing the same batch (medians)",
+                measured.median / plain,
+                limit,
+                "x",
+                f"{measured.median:.2f} s vs {plain:.2f} s (runs {runs_text(measured)} s){more}",
+            )
+        )
     return checks
 
 

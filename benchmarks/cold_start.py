@@ -9,9 +9,10 @@ or writes anything of the repository's own project (its ``.services/``, ``mlflow
 ``.prefect/``) and stops all three services when it ends, also after an error, then checks that
 no process of theirs is left.
 
-While the manual runs are measured the deployment's cron never fires (it is registered with
-:data:`NEVER`); :meth:`OwnServices.scheduled_runs` then registers it again with the project's
-own cron, as ``make deploy`` does, and measures the runs the scheduler creates.
+While the manual runs are measured the deployment's cron never fires (the project's params say
+:data:`NEVER`, so ``make trigger``, which registers the deployment again, keeps it);
+:meth:`OwnServices.scheduled_runs` then registers it with the cron of the scheduled runs, as
+``make deploy`` does, and measures the runs the scheduler creates.
 """
 
 from __future__ import annotations
@@ -211,6 +212,7 @@ class OwnServices:
 
     settings: Settings
     endpoints: Endpoints
+    scheduled_cron: str  # the cron of the scheduled runs (the project's params say NEVER)
     start_s: dict[str, float] = field(default_factory=dict)
     deploy_s: dict[str, float] = field(default_factory=dict)
     deployment_id: UUID | None = None
@@ -235,7 +237,7 @@ class OwnServices:
             project=str(self.settings.root),
             deployment=self.deployment_name,
             deployment_id=str(self.deployment_id) if self.deployment_id else None,
-            cron=self.settings.automation.cron_schedule,
+            cron=self.scheduled_cron,
             cron_while_manual_runs=NEVER,
             start_s=self.start_s,
             deploy_s=self.deploy_s,
@@ -304,12 +306,23 @@ class OwnServices:
             started = time.perf_counter()
             created = client.create_flow_run_from_deployment(self.deployment_id, tags=["benchmark"])
             finished = wait_for(created.id, timeout_s)
-        polled = time.perf_counter() - started
+        return self._trained(finished, time.perf_counter() - started)
+
+    def finished_run(self, flow_run_id: str, polled_s: float) -> DeploymentRun:
+        """The record of a deployment run someone else started and waited for (``make trigger``)."""
+        from uuid import UUID
+
+        with self.api() as client:
+            finished = client.read_flow_run(UUID(flow_run_id))
+        return self._trained(finished, polled_s)
+
+    def _trained(self, finished: FlowRun, polled_s: float) -> DeploymentRun:
+        """A finished deployment run's record; ColdStartError unless it completed and trained a batch."""
         result = DeploymentRun(
             **asdict(flow_run_times(finished)),
             trigger_to_final_s=_seconds(finished.end_time, finished.created),
             trigger_to_start_s=_seconds(finished.start_time, finished.created),
-            polled_wall_s=polled,
+            polled_wall_s=polled_s,
             prefect_api=self.endpoints.prefect_api,
             batch=batch_of_run(self.settings, str(finished.id)),
         )
@@ -348,7 +361,7 @@ class OwnServices:
         schedule is paused (as ``automation.pause_when_done`` does), which deletes the runs
         still scheduled.
         """
-        self.deploy("scheduled")
+        self.deploy("scheduled", cron=self.scheduled_cron)
         if self.deployment_id is None:
             raise ColdStartError("no deployment registered")
         registered = datetime.now(UTC)
@@ -442,8 +455,9 @@ class OwnServices:
 
 
 @contextlib.contextmanager
-def own_services(params: Path) -> Iterator[OwnServices]:
-    """Prefect, MLflow, the deployment (cron :data:`NEVER`) and a worker for the project of ``params``.
+def own_services(params: Path, scheduled_cron: str) -> Iterator[OwnServices]:
+    """Prefect, MLflow, the deployment (cron :data:`NEVER`) and a worker for the project of ``params``;
+    :meth:`OwnServices.scheduled_runs` registers it again with ``scheduled_cron``.
 
     Everything is stopped when the block ends, also after an error; the deployment's runs
     are waited for first when the block ended normally.
@@ -456,7 +470,8 @@ def own_services(params: Path) -> Iterator[OwnServices]:
         if str(services.prefect_home(settings)) != os.environ["PREFECT_HOME"]:
             raise ColdStartError(f"{params}: Prefect's home is not beside the params file")
         prefect_port, mlflow_port = free_ports(2)
-        own = OwnServices(settings, services.Endpoints(LOOPBACK, prefect_port, LOOPBACK, mlflow_port))
+        endpoints = services.Endpoints(LOOPBACK, prefect_port, LOOPBACK, mlflow_port)
+        own = OwnServices(settings, endpoints, scheduled_cron)
         try:
             own.start("prefect")
             own.start("mlflow")

@@ -23,7 +23,14 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.cold_start import OwnServices, flow_run_of_batch, own_services, project_env
+from benchmarks.cold_start import (
+    NEVER,
+    RUN_TIMEOUT_S,
+    OwnServices,
+    flow_run_of_batch,
+    own_services,
+    project_env,
+)
 from benchmarks.drift_check import measure_drift_check
 from benchmarks.projects import build_runs, build_warmup, make_project
 from benchmarks.records import (
@@ -40,6 +47,7 @@ from benchmarks.records import (
     RunJob,
     ScheduledRuns,
     SkippedScheduledRuns,
+    TriggerCommandRun,
     WorkerJob,
     from_dict,
 )
@@ -167,7 +175,7 @@ def measure_cold_start(spec: ColdStartSpec, work: Path, env: dict[str, str]) -> 
     started = time.perf_counter()
     folder = work / "cold-start"
     batches = make_batches(spec.batches, spec.rows, N_FEATURES, seed=SEED + 2)
-    params = make_project(folder / "project", batches, spec.batches, cron=spec.cron)
+    params = make_project(folder / "project", batches, spec.batches, cron=NEVER)
     logger.info("Cold start: project %s with %d batches of %d rows", params.parent, spec.batches, spec.rows)
     reps = range(1, spec.repetitions + 1)
     imports = [run_import_probe(env) for _ in reps]
@@ -175,10 +183,11 @@ def measure_cold_start(spec: ColdStartSpec, work: Path, env: dict[str, str]) -> 
     cli_env = project_env(params)
     first: DeploymentRun | None = None
     scheduled: ScheduledRuns = SkippedScheduledRuns(0, [], [], skipped="the smoke variant does not wait")
-    with own_services(params) as own:
+    with own_services(params, spec.cron) as own:
         if spec.first_run:
             first = own.deployment_run()
         deployment_runs = [own.deployment_run() for _ in reps]
+        make_trigger = [run_make_trigger(own, params, cli_env) for _ in reps]
         with_services = [run_cli_with_services(own, params, cli_env) for _ in reps]
         if spec.ticks:
             scheduled = own.scheduled_runs(spec.ticks)
@@ -198,6 +207,7 @@ def measure_cold_start(spec: ColdStartSpec, work: Path, env: dict[str, str]) -> 
         scheduled_runs=scheduled,
         cli_with_services=with_services,
         cli_without_services=without_services,
+        make_trigger=make_trigger,
     )
 
 
@@ -230,6 +240,23 @@ def run_plain_script(params: Path, folder: Path, env: dict[str, str]) -> PlainSc
     result = run_worker("plain", job, PlainScriptResult, folder, env)
     logger.info("Plain script, one batch in a fresh process: %.2f s", result.process_wall_s)
     return result
+
+
+def run_make_trigger(own: OwnServices, params: Path, env: dict[str, str]) -> TriggerCommandRun:
+    """``make trigger`` in the project's shell, as a user runs it while the services are up:
+    the deployment registered again, one run started and waited for."""
+    command = ["make", "--no-print-directory", "trigger"]
+    run_env = {**env, "PARAMS": str(params), "WAIT": f"{RUN_TIMEOUT_S:.0f}"}
+    start = time.perf_counter()
+    process = subprocess.run(command, cwd=REPO_ROOT, env=run_env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    found = re.search(r"triggered flow run \S+ \(([0-9a-f-]{36})\)", process.stdout)
+    if process.returncode != 0 or found is None:
+        output = process.stdout[-2000:] + process.stderr[-2000:]
+        raise BenchmarkError(f"make trigger failed (exit {process.returncode}):\n{output}")
+    run = own.finished_run(found.group(1), wall)
+    logger.info("make trigger: %.2f s in all", wall)
+    return TriggerCommandRun(**asdict(run), command=f"make trigger PARAMS={params}", wall_s=wall)
 
 
 def run_cli_with_services(own: OwnServices, params: Path, env: dict[str, str]) -> CliRunWithServices:

@@ -10,7 +10,7 @@ runs), the record is a subclass that adds those fields, so both forms stay exact
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -207,6 +207,15 @@ class DeploymentRun(FlowRunTimes):
 
 
 @dataclass(frozen=True)
+class TriggerCommandRun(DeploymentRun):
+    """``make trigger`` as a user runs it (register the deployment again, start one run, wait for
+    it): the command's whole wall time, and the run it started."""
+
+    command: str
+    wall_s: float
+
+
+@dataclass(frozen=True)
 class ScheduledRun(FlowRunTimes):
     """A run the scheduler created, timed from its tick; ``reason`` says why it does not count."""
 
@@ -286,6 +295,7 @@ class ColdStart:
     scheduled_runs: SkippedScheduledRuns | ScheduledRuns  # a JSON object with "skipped": the first
     cli_with_services: list[CliRunWithServices]
     cli_without_services: list[CliRun]
+    make_trigger: list[TriggerCommandRun] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- the monitoring step
@@ -450,6 +460,9 @@ class ColdStartSummary:
     tick_flow_run_s: Stats | None
     cli_with_services_s: Stats | None
     cli_without_services_s: Stats | None
+    make_trigger_wall_s: Stats | None = None
+    make_trigger_to_final_s: Stats | None = None
+    make_trigger_flow_run_s: Stats | None = None
 
 
 @dataclass(frozen=True)

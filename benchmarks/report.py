@@ -70,8 +70,11 @@ count and correlated features; a noisy logistic target). Every repetition is a f
   `make start-services deploy start-worker-bg` does, on free loopback ports, pid files in that
   project's `.services/`, Prefect's home in its `.prefect/`) and registers its deployment with
   `deployments/setup_deployment.py`'s functions; nothing of the repository's own project is read.
-  Deployment runs are created with `create_flow_run_from_deployment` while the cron cannot fire;
-  then the deployment is registered again with the project's cron (`* * * * *`) and the runs the
+  Deployment runs are created with `create_flow_run_from_deployment` while the cron cannot fire,
+  then `make trigger PARAMS=<the project's params>` runs once per repetition as a user runs it
+  (make, `services env`, `setup_deployment.py --run-now --wait`: the deployment registered
+  again, one run, waited for); then the deployment is registered again with a cron of every
+  minute (`* * * * *`) and the runs the
   scheduler creates are measured from their tick (`expected_start_time`) to their end, counting only
   runs that found the worker idle. The CLI runs once per repetition with the services up (it finds
   them through the project's `.services/`) and, after they stopped, without them (Prefect's
@@ -304,6 +307,12 @@ def _deployment_rows(cold: ColdStart, summary: ColdStartSummary) -> list[Row]:
             "deployment run: trigger → the flow run starts (worker poll, `prefect.engine` start)",
             summary.deployment_trigger_to_start_s,
         ),
+        _stats_row(
+            "`make trigger` (register the deployment again, start a run, wait for it): whole wall time",
+            summary.make_trigger_wall_s,
+        ),
+        _stats_row("the run `make trigger` started: created → final state", summary.make_trigger_to_final_s),
+        _stats_row("that run's Running state (the flow run's start → end)", summary.make_trigger_flow_run_s),
     ]
 
 

@@ -45,9 +45,10 @@ TOP_LEVEL_KEYS = {
 }
 SIZES = ("small", "large", "large-window", "large-incremental")
 UNWINDOWED = ("small", "large")  # memory and the CLI run are measured for these
-# 7 of the sizes; deployment run, CLI with and without services, idle CLI RSS (no tick); the
+# 7 of the sizes; deployment run, CLI with and without services, the three against a cold plain
+# process (make trigger's run and wall, the CLI with services), idle CLI RSS (no tick); the
 # monitoring step at two sizes
-CHECKS = 13
+CHECKS = 16
 REPO_SERVICES = REPO_ROOT / ".services"
 
 
@@ -144,7 +145,11 @@ def test_cold_start_measured_every_run(smoke_results: Smoke) -> None:
         for cli in cold[key]:
             assert cli["exit_code"] == 0 and cli["last_line"].startswith("completed:"), cli
             assert cli["wall_s"] > 0 and cli["peak_rss_bytes"] > 0
-    batches = [r["batch"] for r in cold["deployment_runs"]]
+    assert len(cold["make_trigger"]) == 1
+    for trigger in cold["make_trigger"]:
+        assert trigger["state"] == "Completed" and trigger["batch"] is not None, trigger
+        assert trigger["wall_s"] > trigger["trigger_to_final_s"] >= trigger["flow_run_s"] > 0, trigger
+    batches = [r["batch"] for r in cold["deployment_runs"] + cold["make_trigger"]]
     batches += [c["batch"] for c in cold["cli_with_services"] + cold["cli_without_services"]]
     assert batches == list(range(1, len(batches) + 1)), "each run trained the next batch"
     for probe in cold["import_flow_module"]:
@@ -201,7 +206,14 @@ def test_report_has_the_target_table(smoke_results: Smoke) -> None:
         assert check["target"] in report
         assert ("PASS" if check["passed"] else "FAIL") in report
     targets = " ".join(check["target"] for check in results["checks"])
-    for needle in ("deployment run of a 50-row batch", "CLI one 50-row batch", "peak RSS of a CLI run"):
+    for needle in (
+        "deployment run of a 50-row batch",
+        "CLI one 50-row batch",
+        "peak RSS of a CLI run",
+        "a run started by `make trigger`: created → COMPLETED / a cold plain-script process",
+        "`make trigger`, its whole wall time / a cold plain-script process",
+        "the CLI (what `make run` runs), services up, whole process / a cold plain-script process",
+    ):
         assert needle in targets, needle
 
 
@@ -231,6 +243,8 @@ def test_report_has_the_cold_start_rows(smoke_results: Smoke) -> None:
         "| cron tick → COMPLETED of a scheduled run, worker idle | not measured",
         "| CLI, one 50-row batch, the project's services up (whole process) | ",
         "| CLI, one 50-row batch, no services (whole process) | ",
+        "| `make trigger` (register the deployment again, start a run, wait for it): whole wall time | ",
+        "| the run `make trigger` started: created → final state | ",
     ):
         assert row in report, row
     assert smoke_results.results["cold_start"]["services"]["prefect_api"] in report
