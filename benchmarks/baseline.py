@@ -1,7 +1,7 @@
 """The plain-script baseline (the floor): the flow's work through the project's plain functions.
 
 One batch is read, validated, split and merged with every earlier accepted batch re-read from
-its Parquet file (``retrain_pipeline.data``), written, checked for drift against the
+its Parquet file (``retrain_pipeline.sources``, ``.data``), written, checked for drift against the
 champion's training data (``retrain_pipeline.monitoring``), trained and scored against the
 champion kept in memory (``retrain_pipeline.model``) and saved with joblib: no Prefect, MLflow
 or DVC. The project modules are imported inside the functions, so that a worker can time them.
@@ -89,14 +89,14 @@ def baseline_batch(run: BaselineRun, batch_number: int) -> BaselineBatch:
 def _baseline_data(run: BaselineRun, n: int, timer: StepTimer) -> TrainHoldout:
     """Read, validate, split, merge with the earlier batches (re-read), write the batch: the
     same plain functions the flow's validate-and-merge task calls."""
-    from retrain_pipeline import data
+    from retrain_pipeline import data, sources
 
     cfg = run.settings.data
     with timer.step("read"):
-        path = data.find_landing_file(cfg.landing_dir, n)
+        path = sources.find_landing_file(cfg.landing_dir, n)
         if path is None:
             raise BenchmarkError(f"landing batch {n} is missing in {cfg.landing_dir}")
-        frame = data.read_batch_file(path, n)
+        frame = sources.read_batch_file(path, n)
     with timer.step("validate+merge"):
         first = (
             data.read_first_batch(run.batch_file(run.accepted[0]), run.accepted[0]) if run.accepted else None

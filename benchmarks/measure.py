@@ -152,7 +152,8 @@ def merged_table_bytes(params: Path) -> int:
     import pandas as pd
 
     from retrain_pipeline.config import load_settings
-    from retrain_pipeline.data import merge_batches, parse_training_manifest
+    from retrain_pipeline.data import merge_batches
+    from retrain_pipeline.manifests import parse_training_manifest
 
     settings = load_settings(params)
     processed = settings.data.processed_dir

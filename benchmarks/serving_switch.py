@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from benchmarks.serving_latency import single_row_bodies
 from retrain_pipeline import tracking
 from retrain_pipeline.config import MlflowConfig, load_settings
-from retrain_pipeline.data import breast_cancer_dataset
+from retrain_pipeline.sources import breast_cancer_dataset
 
 TIMEOUT_S = 30.0
 

@@ -51,7 +51,7 @@ def baseline_worker(job: WorkerJob) -> BaselineWorkerOutput:
     started = time.perf_counter()
     import joblib  # noqa: F401  (timed: the baseline's imports)
 
-    from retrain_pipeline import data, model  # noqa: F401
+    from retrain_pipeline import data, model, sources  # noqa: F401
 
     imported = time.perf_counter()
     warmup = BaselineBatches(run_baseline(job.warmup))
@@ -95,7 +95,7 @@ def plain_worker(job: RunJob) -> PlainScriptOutput:
     started = time.perf_counter()
     import joblib  # noqa: F401  (timed: the plain script's imports)
 
-    from retrain_pipeline import config, data, model  # noqa: F401
+    from retrain_pipeline import config, data, model, sources  # noqa: F401
 
     imported = time.perf_counter()
     batches = run_baseline(job)

@@ -1,6 +1,7 @@
 """Prefect tasks for data: load, validate and merge a batch, quarantine a rejected one, version.
 
-Thin wrappers: the logic lives in :mod:`retrain_pipeline.data`, ``manifests`` and ``versioning``.
+Thin wrappers: the logic lives in :mod:`retrain_pipeline.sources`, ``data``, ``manifests`` and
+``versioning``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from retrain_pipeline import data, manifests, versioning
+from retrain_pipeline import data, manifests, sources, versioning
 from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import DataValidationError
-from retrain_pipeline.fileio import dump_joblib_atomic, write_text_atomic
+from retrain_pipeline.fileio import dump_joblib_atomic, write_csv_atomic, write_text_atomic
 from retrain_pipeline.state import PipelineState, file_stamp
 
 logger = logging.getLogger(__name__)
@@ -68,16 +69,16 @@ def load_batch(settings: Settings, batch_number: int) -> BatchInput | None:
     cfg = settings.data
     if cfg.source == "sliced":
         raw = pd.read_csv(cfg.raw_file)
-        frame = data.slice_batch(raw, batch_number, cfg.batch_size)
+        frame = sources.slice_batch(raw, batch_number, cfg.batch_size)
         if frame is None:
             return None
         first = (batch_number - 1) * cfg.batch_size
         source = f"{cfg.raw_file} rows {first}-{first + len(frame) - 1}"
         return BatchInput(batch_number, source, None, frame)
-    path = data.find_landing_file(cfg.landing_dir, batch_number)
+    path = sources.find_landing_file(cfg.landing_dir, batch_number)
     if path is None:
         return None
-    return BatchInput(batch_number, str(path), path, data.read_batch_file(path, batch_number))
+    return BatchInput(batch_number, str(path), path, sources.read_batch_file(path, batch_number))
 
 
 @task(name="validate-and-merge", cache_policy=NO_CACHE)
@@ -166,7 +167,7 @@ def quarantine_batch(settings: Settings, error: DataValidationError, batch: Batc
     target: Path | None = None
     if batch is not None and batch.path is None:
         target = folder / f"batch_{error.batch_number}.{stamp}.csv"
-        data.write_csv_atomic(batch.frame, target)
+        write_csv_atomic(batch.frame, target)
     elif source.is_file() and source.resolve().is_relative_to(landing):
         target = folder / f"{source.stem}.{stamp}{source.suffix}"
         shutil.copy2(source.resolve(), target)

@@ -2,8 +2,8 @@
 it names, read back out of DVC.
 
 A model's training data is not versioned as one more copy of all history: it is a small
-manifest (:func:`retrain_pipeline.data.training_manifest`) naming the processed batch files
-by md5, each of which DVC tracks once. This module writes that manifest from the accepted
+manifest (:func:`training_manifest`) naming the processed batch files by md5, each of which
+DVC tracks once. This module writes that manifest from the accepted
 batch files, and reads the objects it names back from the DVC cache (fetching them from the
 DVC remote first, when one is configured), each checked against its md5. Plain functions:
 no Prefect; DVC only through :mod:`retrain_pipeline.versioning`.
@@ -12,6 +12,7 @@ no Prefect; DVC only through :mod:`retrain_pipeline.versioning`.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from retrain_pipeline import data, versioning
+from retrain_pipeline import versioning
 from retrain_pipeline.config import Settings, redact_url
 from retrain_pipeline.errors import StateError, VersioningError
 from retrain_pipeline.fileio import atomic_path, md5_file, write_text_atomic
@@ -29,13 +30,59 @@ from retrain_pipeline.state import PipelineState
 
 logger = logging.getLogger(__name__)
 
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class BatchFile:
+    """One processed batch file in a training set: its path (relative), md5 and rows."""
+
+    batch: int
+    file: str
+    md5: str
+    rows: int
+
+
+def training_manifest(
+    batch_number: int,
+    files: Sequence[BatchFile],
+    window_batches: int | None,
+    lineage: Mapping[str, Any] | None = None,
+) -> str:
+    """JSON text naming the exact batch files (by md5) the model of ``batch_number`` trains on.
+
+    Merged in this order, they are its training table: DVC keeps each batch file once and
+    this small manifest per model, instead of a new copy of all history per batch.
+    ``lineage`` (incremental training): which model it continued from and which batches it
+    learned; the training data of a continued model is then its champion's and these.
+    """
+    payload = {
+        "format": MANIFEST_FORMAT,
+        "batch_number": batch_number,
+        "window_batches": window_batches,
+        "rows": sum(f.rows for f in files),
+        "batches": [{"batch": f.batch, "file": f.file, "md5": f.md5, "rows": f.rows} for f in files],
+        **(lineage or {}),
+    }
+    return json.dumps(payload, indent=2) + "\n"
+
+
+def parse_training_manifest(text: str) -> list[BatchFile]:
+    """The batch files a manifest names, in merge order; ValueError when it is not one."""
+    payload = json.loads(text)
+    if not isinstance(payload, dict) or payload.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"not a training-data manifest (format {MANIFEST_FORMAT})")
+    return [
+        BatchFile(int(b["batch"]), str(b["file"]), str(b["md5"]), int(b["rows"])) for b in payload["batches"]
+    ]
+
 
 @dataclass(frozen=True)
 class WrittenManifest:
     """The training-data manifest of a batch, written: the batch files it lists, and those
     of them DVC must (re)track because no up-to-date ``.dvc`` file records their md5."""
 
-    files: tuple[data.BatchFile, ...]
+    files: tuple[BatchFile, ...]
     untracked: tuple[Path, ...]
 
 
@@ -51,7 +98,7 @@ def write_training_manifest(
     returned in ``untracked``.
     """
     processed = settings.data.processed_dir
-    files: list[data.BatchFile] = []
+    files: list[BatchFile] = []
     untracked: list[Path] = []
     for k in batches:
         path = settings.processed_batch_file(k)
@@ -60,13 +107,13 @@ def write_training_manifest(
             md5 = md5_file(path)
             untracked.append(path)
         rows = pq.read_metadata(path).num_rows
-        files.append(data.BatchFile(k, path.relative_to(processed).as_posix(), md5, rows))
-    manifest = data.training_manifest(batch_number, files, settings.data.window_batches, lineage)
+        files.append(BatchFile(k, path.relative_to(processed).as_posix(), md5, rows))
+    manifest = training_manifest(batch_number, files, settings.data.window_batches, lineage)
     write_text_atomic(settings.training_manifest_file, manifest)
     return WrittenManifest(tuple(files), tuple(untracked))
 
 
-def check_tracked(settings: Settings, files: Sequence[data.BatchFile], tracked: Mapping[Path, str]) -> None:
+def check_tracked(settings: Settings, files: Sequence[BatchFile], tracked: Mapping[Path, str]) -> None:
     """VersioningError when DVC recorded another md5 for a listed file than the manifest's:
     the file changed while it was being versioned, and the manifest would lie."""
     for f in files:
@@ -100,11 +147,11 @@ def _check_md5(cached: Path, digest: str, md5: str, what: str) -> None:
         )
 
 
-def parse_listing(payload: bytes, manifest_md5: str, what: str, hint: str = "") -> list[data.BatchFile]:
+def parse_listing(payload: bytes, manifest_md5: str, what: str, hint: str = "") -> list[BatchFile]:
     """The batch files that the manifest ``payload`` (object ``manifest_md5``, the training
     data of ``what``) lists; StateError, ending with ``hint``, when it is not a manifest."""
     try:
-        return data.parse_training_manifest(payload.decode("utf-8"))
+        return parse_training_manifest(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise StateError(
             f"DVC cache object {manifest_md5} of {what} is not a training-data manifest ({exc}){hint}"

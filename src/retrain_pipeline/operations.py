@@ -14,7 +14,7 @@ import pandas as pd
 from retrain_pipeline import data, links, manifests, tracking, versioning
 from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import StateError
-from retrain_pipeline.fileio import atomic_path
+from retrain_pipeline.fileio import atomic_path, write_parquet_atomic
 from retrain_pipeline.reporting import drift_summary
 from retrain_pipeline.state import BatchRecord, Rollback, utc_now
 from retrain_pipeline.state_stores import state_store
@@ -194,7 +194,7 @@ def restore_data(settings: Settings, batch: int, out: Path | None = None) -> tup
         pd.read_parquet(io.BytesIO(manifests.cached_bytes(settings, f.md5, f"{f.file} (batch {f.batch})")))
         for f in files
     ]
-    data.write_parquet_atomic(data.merge_batches(frames), target)
+    write_parquet_atomic(data.merge_batches(frames), target)
     return target, record.data_md5
 
 

@@ -6,7 +6,8 @@ import logging
 
 from retrain_pipeline import versioning
 from retrain_pipeline.config import Settings
-from retrain_pipeline.data import breast_cancer_dataset, write_csv_atomic
+from retrain_pipeline.fileio import write_csv_atomic
+from retrain_pipeline.sources import breast_cancer_dataset
 
 logger = logging.getLogger(__name__)
 

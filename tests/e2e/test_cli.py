@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from retrain_pipeline.config import load_settings
-from retrain_pipeline.data import breast_cancer_dataset
+from retrain_pipeline.sources import breast_cancer_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 FLOW = REPO / "flows" / "automated_training_flow.py"

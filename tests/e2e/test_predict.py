@@ -21,7 +21,7 @@ import yaml
 
 from retrain_pipeline import model, tracking
 from retrain_pipeline.config import Settings, load_settings
-from retrain_pipeline.data import breast_cancer_dataset
+from retrain_pipeline.sources import breast_cancer_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 

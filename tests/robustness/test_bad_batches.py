@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from retrain_pipeline.data import breast_cancer_dataset
+from retrain_pipeline.sources import breast_cancer_dataset
 
 RAW = breast_cancer_dataset(seed=3, target_column="target")
 GOOD = RAW.iloc[:60]

@@ -1,4 +1,4 @@
-"""Unit tests for retrain_pipeline.data: sources, landing files, parsing, validation, split, merge."""
+"""Unit tests for retrain_pipeline.sources, .validation and .data: read, validate, split, merge."""
 
 from __future__ import annotations
 
@@ -14,26 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from pandera.errors import SchemaErrors
 
-from retrain_pipeline import data
-from retrain_pipeline.data import (
-    HOLDOUT,
-    SPLIT_COLUMN,
-    TRAIN,
-    DataSummary,
-    breast_cancer_dataset,
-    build_schema,
-    describe_schema_errors,
-    find_landing_file,
-    merge_batches,
-    read_batch_file,
-    require_classes,
-    slice_batch,
-    split_batch,
-    validate_batch,
-    write_csv_atomic,
-    write_parquet_atomic,
-)
+from retrain_pipeline import data, manifests, validation
+from retrain_pipeline.data import HOLDOUT, SPLIT_COLUMN, TRAIN, DataSummary, merge_batches, split_batch
 from retrain_pipeline.errors import DataValidationError, StateError
+from retrain_pipeline.fileio import write_csv_atomic, write_parquet_atomic
+from retrain_pipeline.sources import breast_cancer_dataset, find_landing_file, read_batch_file, slice_batch
+from retrain_pipeline.validation import build_schema, describe_schema_errors, require_classes, validate_batch
 
 FEATURES = ("a", "b")
 TARGET = "target"
@@ -536,13 +522,13 @@ def kinds_frame(**columns: object) -> pd.DataFrame:
     ],
 )
 def test_column_kind(column: pd.Series, kind: str | None) -> None:
-    assert data.column_kind(column) == kind
+    assert validation.column_kind(column) == kind
 
 
 def test_column_kind_of_csv_columns(landing: Path) -> None:
     path = write_bytes(landing, "batch_1.csv", b"a,b,c,d,target\nTrue,1,1.5,1,0\nTrue,2,2.5,,1\n")
     frame = read_batch_file(path, 1)
-    assert data.feature_kinds(frame, ["a", "b", "c", "d"]) == {
+    assert validation.feature_kinds(frame, ["a", "b", "c", "d"]) == {
         "a": "bool",
         "b": "integer",
         "c": "float",
@@ -556,7 +542,7 @@ def test_feature_kinds_fixed_by_a_first_batch() -> None:
         b=pd.Series([1.5, np.nan, 3.0]),
         c=pd.Series(["x", "y", "z"]),  # text has no kind: the schema rejects it
     )
-    assert data.feature_kinds(frame, ["a", "b", "c", "absent"]) == {"a": "integer", "b": "float"}
+    assert validation.feature_kinds(frame, ["a", "b", "c", "absent"]) == {"a": "integer", "b": "float"}
 
 
 FIXED = {"a": "float", "b": "integer"}
@@ -635,7 +621,7 @@ KIND_MISMATCHES = [
 @pytest.mark.parametrize(("fixed", "frame", "problem"), KIND_MISMATCHES)
 def test_check_feature_kinds_rejects(fixed: dict[str, str] | None, frame: pd.DataFrame, problem: str) -> None:
     with pytest.raises(DataValidationError) as e:
-        data.check_feature_kinds(
+        validation.check_feature_kinds(
             frame, FEATURES, fixed, batch_number=4, file="landing/batch_4.csv", fixed_by=1
         )
 
@@ -669,13 +655,13 @@ KIND_MATCHES = [
 
 @pytest.mark.parametrize(("fixed", "frame"), KIND_MATCHES)
 def test_check_feature_kinds_accepts(fixed: dict[str, str] | None, frame: pd.DataFrame) -> None:
-    data.check_feature_kinds(frame, FEATURES, fixed, batch_number=4, file="batch_4.csv", fixed_by=1)
+    validation.check_feature_kinds(frame, FEATURES, fixed, batch_number=4, file="batch_4.csv", fixed_by=1)
 
 
 def test_check_feature_kinds_accepts_the_kinds_a_batch_fixes() -> None:
     frame = kinds_frame(a=[True, False, True], b=pd.Series([1, None, 3], dtype="Int64"))
-    kinds = data.feature_kinds(frame, FEATURES)
-    data.check_feature_kinds(frame, FEATURES, kinds, batch_number=2, file="f.csv", fixed_by=1)
+    kinds = validation.feature_kinds(frame, FEATURES)
+    validation.check_feature_kinds(frame, FEATURES, kinds, batch_number=2, file="f.csv", fixed_by=1)
 
 
 def test_bool_csv_column_is_rejected_where_float_was_fixed(landing: Path) -> None:
@@ -686,8 +672,13 @@ def test_bool_csv_column_is_rejected_where_float_was_fixed(landing: Path) -> Non
     assert len(validate_batch(second, schema(), batch_number=2, file=str(path))) == 2
 
     with pytest.raises(DataValidationError) as e:
-        data.check_feature_kinds(
-            second, FEATURES, data.feature_kinds(first, FEATURES), batch_number=2, file=str(path), fixed_by=1
+        validation.check_feature_kinds(
+            second,
+            FEATURES,
+            validation.feature_kinds(first, FEATURES),
+            batch_number=2,
+            file=str(path),
+            fixed_by=1,
         )
     assert (
         str(e.value) == f"batch 2 rejected: {path}: column 'a': expected float (fixed by batch 1), found bool"
@@ -700,15 +691,15 @@ def test_processed_batch_keeps_its_data_and_records_the_kinds(tmp_path: Path) ->
     data.write_processed_batch(frame, path, {"a": "float", "b": "integer"})
 
     pd.testing.assert_frame_equal(pd.read_parquet(path), frame)
-    assert data.recorded_feature_kinds(pq.read_schema(path).metadata) == {"a": "float", "b": "integer"}
+    assert validation.recorded_feature_kinds(pq.read_schema(path).metadata) == {"a": "float", "b": "integer"}
     assert os.listdir(path.parent) == ["batch_1.parquet"]
 
 
 def test_processed_file_without_kinds_is_legacy(tmp_path: Path) -> None:
     path = tmp_path / "batch_1.parquet"
     write_parquet_atomic(good_frame(), path)  # how processed batches were written before
-    assert data.recorded_feature_kinds(pq.read_schema(path).metadata) is None
-    assert data.recorded_feature_kinds(None) is None
+    assert validation.recorded_feature_kinds(pq.read_schema(path).metadata) is None
+    assert validation.recorded_feature_kinds(None) is None
 
 
 @pytest.mark.parametrize(
@@ -716,7 +707,7 @@ def test_processed_file_without_kinds_is_legacy(tmp_path: Path) -> None:
 )
 def test_malformed_recorded_kinds_are_refused(raw: bytes) -> None:
     with pytest.raises(ValueError, match=r"^malformed retrain_pipeline\.feature_kinds metadata"):
-        data.recorded_feature_kinds({data.FEATURE_KINDS_KEY: raw})
+        validation.recorded_feature_kinds({validation.FEATURE_KINDS_KEY: raw})
 
 
 # --------------------------------------------------------------------------- require_classes
@@ -975,14 +966,17 @@ def test_training_batches_are_the_window_before_the_batch_then_the_batch() -> No
 
 
 def test_training_manifest_round_trip() -> None:
-    files = [data.BatchFile(1, "batches/batch_1.parquet", "a" * 32, 40), data.BatchFile(3, "x", "b" * 32, 10)]
-    text = data.training_manifest(3, files, window_batches=2)
+    files = [
+        manifests.BatchFile(1, "batches/batch_1.parquet", "a" * 32, 40),
+        manifests.BatchFile(3, "x", "b" * 32, 10),
+    ]
+    text = manifests.training_manifest(3, files, window_batches=2)
     payload = json.loads(text)
     assert (payload["batch_number"], payload["window_batches"], payload["rows"]) == (3, 2, 50)
-    assert data.parse_training_manifest(text) == files
+    assert manifests.parse_training_manifest(text) == files
 
 
 @pytest.mark.parametrize("text", ['{"format": 99, "batches": []}', "[1, 2]", '{"format": 1}'])
 def test_parse_training_manifest_refuses_other_json(text: str) -> None:
     with pytest.raises((ValueError, KeyError)):
-        data.parse_training_manifest(text)
+        manifests.parse_training_manifest(text)

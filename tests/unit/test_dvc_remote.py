@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from dvc.repo import Repo
 
-from retrain_pipeline import data, versioning
+from retrain_pipeline import data, manifests, validation, versioning
 from retrain_pipeline.config import Settings, load_settings
 from retrain_pipeline.errors import StateError, VersioningError
 from retrain_pipeline.fileio import md5_file, write_text_atomic
@@ -170,14 +170,14 @@ def _train_batches(settings: Settings, batches: list[int]) -> PipelineState:
     """What the flow leaves behind: processed files, a manifest per batch, all pushed; the state."""
     prepare_project(settings)
     state = PipelineState()
-    files: list[data.BatchFile] = []
+    files: list[manifests.BatchFile] = []
     for k in batches:
         path = settings.processed_batch_file(k)
-        data.write_processed_batch(_frame(k), path, {"f": data.FLOAT})
+        data.write_processed_batch(_frame(k), path, {"f": validation.FLOAT})
         relative = path.relative_to(settings.data.processed_dir).as_posix()
-        files.append(data.BatchFile(k, relative, md5_file(path), 3))
+        files.append(manifests.BatchFile(k, relative, md5_file(path), 3))
         manifest = settings.training_manifest_file
-        write_text_atomic(manifest, data.training_manifest(k, files, None))
+        write_text_atomic(manifest, manifests.training_manifest(k, files, None))
         tracked = versioning.track(settings.root, [path, manifest])
         versioning.push(settings.root, [path, manifest])
         record = BatchRecord(status="completed", started_at="t", data_md5=tracked[manifest])

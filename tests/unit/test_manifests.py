@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from retrain_pipeline import data, manifests, versioning
+from retrain_pipeline import data, manifests, validation, versioning
 from retrain_pipeline.config import Settings, load_settings
 from retrain_pipeline.errors import StateError, VersioningError
 from retrain_pipeline.fileio import md5_file
@@ -23,7 +23,7 @@ def _write_batch(settings: Settings, k: int) -> Path:
     frame = pd.DataFrame({"f": [float(k), k + 0.5, k + 1.0], "target": [0, 1, k % 2]})
     frame = frame.assign(**{data.SPLIT_COLUMN: [data.TRAIN, data.TRAIN, data.HOLDOUT]})
     path = settings.processed_batch_file(k)
-    data.write_processed_batch(frame, path, {"f": data.FLOAT})
+    data.write_processed_batch(frame, path, {"f": validation.FLOAT})
     return path
 
 
@@ -43,7 +43,7 @@ def test_the_manifest_lists_every_batch_and_hashes_only_what_dvc_has_not_recorde
 
     # Batch 3 is the new one, batch 2 has no .dvc file: both need (re)tracking; batch 1 does not.
     assert written.untracked == (second, third)
-    listed = data.parse_training_manifest(settings.training_manifest_file.read_text(encoding="utf-8"))
+    listed = manifests.parse_training_manifest(settings.training_manifest_file.read_text(encoding="utf-8"))
     assert listed == list(written.files)
     assert [(f.batch, f.file, f.md5, f.rows) for f in listed] == [
         (k, f"batches/batch_{k}.parquet", md5_file(p), 3) for k, p in ((1, first), (2, second), (3, third))
@@ -54,7 +54,7 @@ def test_a_batch_file_changed_after_it_was_tracked_is_hashed_again(settings: Set
     first = _write_batch(settings, 1)
     versioning.track(settings.root, [first])
     frame = pd.read_parquet(first).assign(f=lambda df: df["f"] * 2)
-    data.write_processed_batch(frame, first, {"f": data.FLOAT})
+    data.write_processed_batch(frame, first, {"f": validation.FLOAT})
     stamp = (first.with_name(first.name + ".dvc")).stat().st_mtime_ns + 1_000_000
     os.utime(first, ns=(stamp, stamp))  # newer than its .dvc file, whatever the clock's grain
 
@@ -66,7 +66,7 @@ def test_a_batch_file_changed_after_it_was_tracked_is_hashed_again(settings: Set
 
 def test_a_file_that_changed_while_it_was_versioned_is_refused(settings: Settings) -> None:
     path = _write_batch(settings, 1)
-    listed = [data.BatchFile(1, "batches/batch_1.parquet", "a" * 32, 3)]
+    listed = [manifests.BatchFile(1, "batches/batch_1.parquet", "a" * 32, 3)]
     manifests.check_tracked(settings, listed, {path: "a" * 32})  # what DVC recorded agrees
     manifests.check_tracked(settings, listed, {})  # not re-tracked: nothing to compare
     with pytest.raises(VersioningError, match=f"{path} changed while it was being versioned"):

@@ -19,8 +19,8 @@ from sklearn.preprocessing import StandardScaler
 
 from retrain_pipeline import cli, scoring, serving, tracking
 from retrain_pipeline.config import Settings, load_settings
-from retrain_pipeline.data import breast_cancer_dataset
 from retrain_pipeline.errors import ScoringError
+from retrain_pipeline.sources import breast_cancer_dataset
 
 RAW = breast_cancer_dataset(seed=7, target_column="target")
 FEATURES = RAW.drop(columns="target")
