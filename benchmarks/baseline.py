@@ -181,7 +181,7 @@ def _baseline_model(run: BaselineRun, parts: TrainHoldout, n: int, timer: StepTi
 
 def run_baseline(job: RunJob) -> list[BaselineBatch]:
     """The baseline over one project's batches 1..N."""
-    from retrain_pipeline.config import load_settings
+    from retrain_pipeline.params import load_settings
 
     run = BaselineRun(load_settings(job.params_file), Path(job.baseline_out))
     batches = []

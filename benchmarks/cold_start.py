@@ -463,7 +463,7 @@ def own_services(params: Path, scheduled_cron: str) -> Iterator[OwnServices]:
     are waited for first when the block ended normally.
     """
     from retrain_pipeline import services
-    from retrain_pipeline.config import load_settings
+    from retrain_pipeline.params import load_settings
 
     with project_environ(params):
         settings = load_settings(params)

@@ -151,9 +151,9 @@ def merged_table_bytes(params: Path) -> int:
     """In-memory size of the flow's final merged table (the batch files its manifest lists)."""
     import pandas as pd
 
-    from retrain_pipeline.config import load_settings
     from retrain_pipeline.data import merge_batches
     from retrain_pipeline.manifests import parse_training_manifest
+    from retrain_pipeline.params import load_settings
 
     settings = load_settings(params)
     processed = settings.data.processed_dir

@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 
 from benchmarks.serving_latency import single_row_bodies
 from retrain_pipeline import tracking
-from retrain_pipeline.config import MlflowConfig, load_settings
+from retrain_pipeline.config import MlflowConfig
+from retrain_pipeline.params import load_settings
 from retrain_pipeline.sources import breast_cancer_dataset
 
 TIMEOUT_S = 30.0

@@ -95,7 +95,7 @@ def plain_worker(job: RunJob) -> PlainScriptOutput:
     started = time.perf_counter()
     import joblib  # noqa: F401  (timed: the plain script's imports)
 
-    from retrain_pipeline import config, data, model, sources  # noqa: F401
+    from retrain_pipeline import data, model, params, sources  # noqa: F401
 
     imported = time.perf_counter()
     batches = run_baseline(job)

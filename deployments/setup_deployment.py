@@ -56,15 +56,11 @@ from pydantic import ValidationError
 
 from retrain_pipeline import links
 from retrain_pipeline.alert_tasks import BATCH_TAG_PREFIX
-from retrain_pipeline.config import (
-    AutomationConfig,
-    Settings,
-    load_settings,
-    params_for_command,
-    redact_webhook,
-)
+from retrain_pipeline.config import AutomationConfig, Settings
 from retrain_pipeline.errors import ConfigError, DeploymentError, PipelineError
+from retrain_pipeline.params import load_settings, params_for_command
 from retrain_pipeline.prefect_runtime import HEARTBEAT_ENV, exit_without_teardown
+from retrain_pipeline.urls import redact_webhook
 
 logger = logging.getLogger(__name__)
 

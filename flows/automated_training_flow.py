@@ -33,7 +33,7 @@ from retrain_pipeline.api_server import TemporaryApiServer
 from retrain_pipeline.api_server import started as started_api_server
 from retrain_pipeline.arguments import batch_argument
 from retrain_pipeline.batch_manager import choose_batch, pause_schedule, record_batch
-from retrain_pipeline.config import Settings, load_settings, params_for_command, resolve_params_file
+from retrain_pipeline.config import Settings
 from retrain_pipeline.data_tasks import (
     BatchInput,
     TrainingData,
@@ -62,6 +62,7 @@ from retrain_pipeline.model_tasks import (
 )
 from retrain_pipeline.monitoring import DRIFT_REPORT_FILE, mlflow_metrics, report_document
 from retrain_pipeline.monitoring_tasks import BatchMonitoring, monitor_batch
+from retrain_pipeline.params import load_settings, params_for_command, resolve_params_file
 from retrain_pipeline.prefect_runtime import (
     exit_without_teardown,
     one_off_run_settings,
@@ -113,7 +114,7 @@ def _outcome(status: str, batch_number: int | None, message: str, **extra: Any) 
 
 
 def resolve_params(params_path: str | None) -> Path | None:
-    """The params file in use (:func:`retrain_pipeline.config.resolve_params_file`)."""
+    """The params file in use (:func:`retrain_pipeline.params.resolve_params_file`)."""
     return resolve_params_file(params_path, DEFAULT_PARAMS)
 
 

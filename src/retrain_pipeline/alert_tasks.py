@@ -15,9 +15,10 @@ from prefect.runtime import flow_run
 
 from retrain_pipeline import alerts, links
 from retrain_pipeline.alerts import Alert, Delivery
-from retrain_pipeline.config import Settings, redact_webhook
+from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import DataValidationError
 from retrain_pipeline.state import BatchRecord
+from retrain_pipeline.urls import redact_webhook
 
 #: The Prefect event of each alert (``retrain.*``, beside Prefect's own ``prefect.*``).
 EVENT_NAMES = {

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from retrain_pipeline.config import redact_webhook
 from retrain_pipeline.errors import DataValidationError
 from retrain_pipeline.state import BatchRecord, utc_now
+from retrain_pipeline.urls import redact_webhook
 
 logger = logging.getLogger(__name__)
 

@@ -105,7 +105,7 @@ def start_for_command_line(argv: list[str], default_params: Path) -> TemporaryAp
     if _server is not None or {"-h", "--help"} & set(argv) or os.environ.get("PREFECT_API_URL"):
         return _server
     try:
-        from retrain_pipeline.config import load_settings, params_for_command
+        from retrain_pipeline.params import load_settings, params_for_command
         from retrain_pipeline.services import prefect_home, running_urls
 
         parser = argparse.ArgumentParser(add_help=False)

@@ -32,8 +32,9 @@ from retrain_pipeline.arguments import (
     host_argument,
     port_argument,
 )
-from retrain_pipeline.config import PROJECT_PARAMS, Settings, load_settings, params_for_command
+from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import PipelineError
+from retrain_pipeline.params import PROJECT_PARAMS, load_settings, params_for_command
 from retrain_pipeline.prefect_runtime import exit_without_teardown
 from retrain_pipeline.reporting import render_status
 from retrain_pipeline.state import PipelineState, next_batch_number

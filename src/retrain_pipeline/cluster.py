@@ -43,10 +43,12 @@ import yaml
 
 from retrain_pipeline import services
 from retrain_pipeline.arguments import host_argument, port_argument
-from retrain_pipeline.config import PROJECT_PARAMS, Settings, load_settings, params_for_command, redact_url
+from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import ClusterError, PipelineError
 from retrain_pipeline.fileio import write_text_atomic
+from retrain_pipeline.params import PROJECT_PARAMS, load_settings, params_for_command
 from retrain_pipeline.postgres import LocalPostgres
+from retrain_pipeline.urls import redact_url
 
 logger = logging.getLogger(__name__)
 

@@ -1,27 +1,20 @@
-"""Typed, frozen settings loaded once from ``params.yaml``.
+"""The typed, frozen settings of ``params.yaml``: one pydantic model per section, under
+:class:`Settings`, which also names every file the pipeline reads or writes.
 
-Every relative path in the file (including the SQLite file inside ``sqlite:///`` tracking
-URIs) is resolved against the folder that holds the params file, never against the
-current directory. ``MLFLOW_TRACKING_URI`` in the environment overrides
-``mlflow.tracking_uri``; ``RETRAIN_STATE_DATABASE_URL``, ``RETRAIN_DVC_REMOTE`` and
-``RETRAIN_CODE_SOURCE`` override ``stores.state_database_url``, ``stores.dvc_remote`` and
-``automation.code_source`` (:data:`ENV_OVERRIDES`). An unknown key, a wrong type or an
-impossible value raises :class:`ConfigError` naming the file and the key.
+Every relative path (including the SQLite file of a ``sqlite:///`` tracking URI) resolves
+against the folder of the params file, which the loader (:mod:`retrain_pipeline.params`)
+passes in as the validation context, never against the current directory. Build settings
+with :func:`retrain_pipeline.params.load_settings`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import os
-import re
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -34,7 +27,15 @@ from pydantic import (
 )
 
 from retrain_pipeline.arguments import MAX_BATCH_NUMBER
-from retrain_pipeline.errors import ConfigError
+from retrain_pipeline.estimators import instantiate
+from retrain_pipeline.urls import (
+    check_git_url,
+    check_postgres_url,
+    check_webhook_url,
+    is_remote_uri,
+    resolve_dvc_remote,
+    resolve_tracking_uri,
+)
 
 if TYPE_CHECKING:
     from retrain_pipeline.drift import DriftRules
@@ -45,31 +46,12 @@ Metric = Literal["accuracy", "precision", "recall", "f1", "roc_auc"]
 MAX_SEED = 2**32 - 1 - MAX_BATCH_NUMBER  # seeds get the batch number added
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
-#: Short estimator names accepted in ``model.estimator``; a dotted class path also works.
-ESTIMATORS: dict[str, str] = {
-    "random_forest": "sklearn.ensemble.RandomForestClassifier",
-    "extra_trees": "sklearn.ensemble.ExtraTreesClassifier",
-    "gradient_boosting": "sklearn.ensemble.GradientBoostingClassifier",
-    "hist_gradient_boosting": "sklearn.ensemble.HistGradientBoostingClassifier",
-    "logistic_regression": "sklearn.linear_model.LogisticRegression",
-}
-
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # pool and deployment names
-_TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
-_REMOTE_SCHEMES = ("http", "https", "databricks")
-PARAMS_ENV = "RETRAIN_PARAMS"  # a worker's own params file, for runs that name none
-#: Environment variables that override ``stores`` keys (how ``.cluster/env`` points a clone at a cluster).
-ENV_OVERRIDES = {
-    "RETRAIN_STATE_DATABASE_URL": ("stores", "state_database_url"),
-    "RETRAIN_DVC_REMOTE": ("stores", "dvc_remote"),
-    "RETRAIN_CODE_SOURCE": ("automation", "code_source"),
-    "RETRAIN_ALERT_WEBHOOK_URL": ("alerts", "webhook_url"),
-}
 
 
 def _root(info: ValidationInfo) -> Path:
     if not info.context or "root" not in info.context:
-        raise ValueError("settings must be created with load_settings() or Settings.from_mapping()")
+        raise ValueError("settings must be created with load_settings() or settings_from_mapping()")
     root: Path = info.context["root"]
     return root
 
@@ -85,26 +67,6 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
 
 
 ProjectPath = Annotated[Path, AfterValidator(_resolve_path)]
-
-
-def resolve_tracking_uri(uri: str, root: Path) -> str:
-    """Validate a tracking URI and make a relative ``sqlite:///file`` absolute under ``root``."""
-    uri = uri.strip()
-    scheme, sep, rest = uri.partition("://")
-    scheme = scheme.split("+", 1)[0]  # e.g. postgresql+psycopg2
-    if not sep or scheme not in _TRACKING_SCHEMES:
-        raise ValueError(
-            f"unsupported tracking URI {uri!r}: expected one of "
-            + ", ".join(f"{s}://" for s in _TRACKING_SCHEMES)
-        )
-    if scheme == "sqlite":
-        if not rest.startswith("/") or rest == "/":
-            raise ValueError(f"sqlite URIs look like sqlite:///mlflow.db, got {uri!r}")
-        db_path = Path(rest[1:])  # sqlite:///rel.db -> "rel.db", sqlite:////abs.db -> "/abs.db"
-        if not db_path.is_absolute():
-            db_path = (root / db_path).resolve()
-        return f"sqlite:///{db_path}"
-    return uri
 
 
 class _Section(BaseModel):
@@ -179,7 +141,7 @@ class ModelConfig(_Section):
             return value
         from sklearn.base import is_classifier  # local: keep config import light
 
-        if not is_classifier(_instantiate(value)):
+        if not is_classifier(instantiate(value)):
             raise ValueError(f"estimator {value!r} is not a scikit-learn classifier")
         return value
 
@@ -191,7 +153,7 @@ class ModelConfig(_Section):
         name = info.data.get("estimator")
         if name is None or _light(info):  # None: the estimator itself was invalid (reported)
             return value
-        instance = _instantiate(name)
+        instance = instantiate(name)
         accepted = instance.get_params()
         unknown = sorted(set(value) - set(accepted))
         if unknown:
@@ -220,7 +182,7 @@ class ModelConfig(_Section):
             return value
         from retrain_pipeline.model import incremental_method  # local: keep config import light
 
-        if incremental_method(_instantiate(name)) is None:
+        if incremental_method(instantiate(name)) is None:
             raise ValueError(
                 f"incremental training needs an estimator that can learn more data: one with "
                 f"partial_fit (e.g. sklearn.linear_model.SGDClassifier, sklearn.naive_bayes.MultinomialNB) "
@@ -228,33 +190,6 @@ class ModelConfig(_Section):
                 f"hist_gradient_boosting); {name!r} has neither (use training: full)"
             )
         return value
-
-
-def _instantiate(name: str) -> Any:
-    """An estimator with default arguments; one that needs arguments cannot be configured."""
-    cls = estimator_class(name)
-    try:
-        return cls()
-    except TypeError as exc:
-        raise ValueError(f"estimator {name!r} cannot be created without arguments: {exc}") from exc
-
-
-def estimator_class(name: str) -> type:
-    """The classifier class for a short name from :data:`ESTIMATORS` or a dotted class path."""
-    dotted = ESTIMATORS.get(name, name)
-    module_name, _, class_name = dotted.rpartition(".")
-    if not module_name:
-        raise ValueError(
-            f"unknown estimator {name!r}: use one of {sorted(ESTIMATORS)} "
-            "or a dotted class path such as sklearn.svm.SVC"
-        )
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot import estimator {dotted!r}: {exc}") from exc
-    if not isinstance(cls, type):
-        raise ValueError(f"estimator {dotted!r} is not a class")
-    return cls
 
 
 class EvaluationConfig(_Section):
@@ -292,11 +227,6 @@ class MlflowConfig(_Section):
         return is_remote_uri(self.tracking_uri)
 
 
-def is_remote_uri(tracking_uri: str) -> bool:
-    """Whether an MLflow tracking URI names a server (no local database to open)."""
-    return tracking_uri.partition("://")[0] in _REMOTE_SCHEMES
-
-
 class AutomationConfig(_Section):
     """Scheduling of the deployment."""
 
@@ -322,15 +252,7 @@ class AutomationConfig(_Section):
     def _git_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        value = value.strip()
-        if any(ch.isspace() or ord(ch) < 32 for ch in value) or value.startswith("-"):
-            raise ValueError("a Git URL must not contain whitespace or start with '-'")
-        if not re.match(r"^(https?|ssh|git|file)://\S+$|^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:\S+$", value):
-            raise ValueError(
-                "expected a Git URL: https://host/repo.git, ssh://git@host/repo.git, git@host:repo.git "
-                "or file:///path/to/repo"
-            )
-        return value
+        return check_git_url(value.strip())
 
     @field_validator("cron_schedule")
     @classmethod
@@ -369,51 +291,14 @@ class StoresConfig(_Section):
     def _postgres_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        return validate_postgres_url(value.strip())
+        return check_postgres_url(value.strip())
 
     @field_validator("dvc_remote")
     @classmethod
     def _remote(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or not value.strip():
             return None
-        value = value.strip()
-        if any(ch.isspace() or ord(ch) < 32 for ch in value):
-            raise ValueError("a DVC remote must not contain whitespace or control characters")
-        scheme, sep, _ = value.partition("://")
-        if sep:
-            if not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme):
-                raise ValueError(f"invalid URL scheme {scheme!r}")
-            if scheme == "file":
-                return str(Path(value[len("file://") :]).resolve())
-            return value
-        return str((_root(info) / Path(value).expanduser()).resolve())
-
-
-def validate_postgres_url(url: str) -> str:
-    """Accept ``postgresql://`` (or ``postgres://``, ``postgresql+psycopg2://``) URLs with a database."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgresql", "postgres", "postgresql+psycopg2"):
-        raise ValueError("expected a postgresql://user@host:port/database URL")
-    if not parts.path.strip("/"):
-        raise ValueError(f"{redact_url(url)!r} names no database (postgresql://user@host:port/database)")
-    try:
-        parts.port  # noqa: B018  (raises on a bad port)
-    except ValueError as exc:
-        raise ValueError(f"{redact_url(url)!r}: {exc}") from None
-    return url
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for messages and logs)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-    except ValueError:
-        return url.split("@", 1)[-1] if "@" in url else url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+        return resolve_dvc_remote(value.strip(), _root(info))
 
 
 RetrainPolicy = Literal["always", "on_change"]
@@ -484,7 +369,7 @@ class AlertsConfig(_Section):
     def _http_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        return validate_webhook_url(value.strip())
+        return check_webhook_url(value.strip())
 
     @field_validator("events")
     @classmethod
@@ -497,31 +382,6 @@ class AlertsConfig(_Section):
     def wants(self, event: str) -> bool:
         """Whether ``event`` is delivered: a webhook is set and the event is chosen."""
         return self.webhook_url is not None and event in self.events
-
-
-def validate_webhook_url(url: str) -> str:
-    """Accept an ``http://`` or ``https://`` URL with a host and no whitespace."""
-    if any(ch.isspace() or ord(ch) < 32 for ch in url):
-        raise ValueError("a webhook URL must not contain whitespace or control characters")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises on a bad port)
-    except ValueError as exc:
-        raise ValueError(f"not a URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("expected an http:// or https:// URL with a host")
-    return url
-
-
-def redact_webhook(url: str) -> str:
-    """A webhook URL without its secret part (the path and query), for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(an unparsable URL)"
-    if not (parts.path.strip("/") or parts.query or "@" in parts.netloc):
-        return url
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}/..."
 
 
 class ServingConfig(_Section):
@@ -611,107 +471,3 @@ class Settings(_Section):
     @property
     def latest_metrics_file(self) -> Path:
         return self.paths.metrics_dir / "latest.json"
-
-    @classmethod
-    def from_mapping(
-        cls, raw: dict[str, Any], root: Path, params_file: Path | None = None, *, light: bool = False
-    ) -> Settings:
-        """Validate a params mapping whose relative paths belong to ``root`` (``light``: see
-        :func:`load_settings`)."""
-        source = str(params_file) if params_file else "built-in defaults"
-        reserved = sorted({"root", "params_file"} & set(raw))
-        if reserved:
-            raise ConfigError(f"{source}: unknown key(s) {reserved}")
-        data = {key: value for key, value in raw.items()}
-        env_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-        section = data.get("mlflow")
-        if env_uri and (section is None or isinstance(section, dict)):  # else: reported below
-            data["mlflow"] = {**(section or {}), "tracking_uri": env_uri}
-        for env_name, (section_name, key) in ENV_OVERRIDES.items():
-            env_value = os.environ.get(env_name, "").strip()
-            section = data.get(section_name)
-            if env_value and (section is None or isinstance(section, dict)):  # else: reported below
-                data[section_name] = {**(section or {}), key: env_value}
-        root = root.resolve()
-        try:
-            return cls.model_validate(
-                {**data, "root": root, "params_file": params_file}, context={"root": root, "light": light}
-            )
-        except ValidationError as exc:
-            raise ConfigError(f"{source}: {_describe(exc)}") from exc
-
-
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        if error["type"] == "extra_forbidden":
-            problems.append(f"{key}: unknown key")
-            continue
-        message = error["msg"].removeprefix("Value error, ")
-        value = error.get("input")
-        if isinstance(value, dict):
-            problems.append(f"{key}: {message}")
-            continue
-        if isinstance(value, str):  # never a password, nor a webhook's secret path
-            value = redact_webhook(value) if key == "alerts.webhook_url" else redact_url(value)
-        shown = repr(value)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        problems.append(f"{key}: {message} (got {shown})")
-    return "; ".join(problems)
-
-
-def resolve_params_file(given: str | None, default_params: Path) -> Path | None:
-    """The params file a run uses: ``given`` (relative to the project folder of
-    ``default_params``), else the worker's ``RETRAIN_PARAMS`` (set by ``make start-worker``: a
-    deployment whose code workers clone from Git runs on each worker's own project folder),
-    else ``default_params`` if it exists; None means the built-in defaults."""
-    given = given or os.environ.get(PARAMS_ENV, "").strip() or None
-    if given:
-        path = Path(given).expanduser()
-        return path if path.is_absolute() else default_params.parent / path
-    return default_params if default_params.is_file() else None
-
-
-#: ``params.yaml`` of the project this code runs from (the folder that holds ``src/`` and
-#: ``flows/``): what a command uses when it is given no params file.
-PROJECT_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
-
-
-def params_for_command(given: str | None, default_params: Path = PROJECT_PARAMS) -> Path | None:
-    """The params file of a command line: ``--params`` as typed (a relative path from the
-    current folder), else the flow's rule (:func:`resolve_params_file`): ``RETRAIN_PARAMS``,
-    else ``default_params`` if it exists, else None (the built-in defaults). Every entry point
-    (the flow, cli, services, cluster, setup_deployment) finds its params file this way."""
-    if given:
-        return Path(given).expanduser().resolve()
-    return resolve_params_file(None, default_params)
-
-
-def load_settings(
-    params_file: Path | str | None, default_root: Path | None = None, *, light: bool = False
-) -> Settings:
-    """Load and validate a params file.
-
-    ``params_file`` None means the built-in defaults, with relative paths under
-    ``default_root`` (required then). ``light`` skips the three checks that import
-    scikit-learn or Prefect (about 5 s): the estimator, its hyperparameters and the cron
-    expression. Commands that neither train nor schedule (services, status) load light;
-    every run and ``make deploy`` check everything.
-    """
-    if params_file is None:
-        if default_root is None:
-            raise ConfigError("no params file given and no project root to apply defaults to")
-        return Settings.from_mapping({}, default_root, None, light=light)
-    path = Path(params_file).expanduser().resolve()
-    if not path.is_file():
-        raise ConfigError(f"params file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
-    return Settings.from_mapping(raw, path.parent, path, light=light)

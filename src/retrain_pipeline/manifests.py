@@ -23,10 +23,11 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from retrain_pipeline import versioning
-from retrain_pipeline.config import Settings, redact_url
+from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import StateError, VersioningError
 from retrain_pipeline.fileio import atomic_path, md5_file, write_text_atomic
 from retrain_pipeline.state import PipelineState
+from retrain_pipeline.urls import redact_url
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from retrain_pipeline.config import ModelConfig, estimator_class
+from retrain_pipeline.config import ModelConfig
 from retrain_pipeline.data import DataSummary
+from retrain_pipeline.estimators import estimator_class
 
 Metrics = dict[str, float | None]
 

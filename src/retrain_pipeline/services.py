@@ -39,15 +39,10 @@ from retrain_pipeline.arguments import (
     host_argument,
     port_argument,
 )
-from retrain_pipeline.config import (
-    PROJECT_PARAMS,
-    AutomationConfig,
-    Settings,
-    load_settings,
-    params_for_command,
-)
+from retrain_pipeline.config import AutomationConfig, Settings
 from retrain_pipeline.errors import PipelineError, ServiceError
 from retrain_pipeline.fileio import write_text_atomic
+from retrain_pipeline.params import PROJECT_PARAMS, load_settings, params_for_command
 
 logger = logging.getLogger(__name__)
 

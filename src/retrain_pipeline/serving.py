@@ -26,8 +26,10 @@ from typing import Any
 
 from retrain_pipeline import scoring, tracking
 from retrain_pipeline.arguments import DEFAULT_HOST, DEFAULT_SERVE_PORT, host_argument, port_argument
-from retrain_pipeline.config import PROJECT_PARAMS, Settings, load_settings, params_for_command, redact_url
+from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import PipelineError
+from retrain_pipeline.params import PROJECT_PARAMS, load_settings, params_for_command
+from retrain_pipeline.urls import redact_url
 
 logger = logging.getLogger(__name__)
 

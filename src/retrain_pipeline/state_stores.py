@@ -45,7 +45,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import psycopg2
 import psycopg2.errors
 
-from retrain_pipeline.config import Settings, redact_url
+from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import PipelineBusyError, StateError
 from retrain_pipeline.state import (
     PipelineState,
@@ -58,6 +58,7 @@ from retrain_pipeline.state import (
     update_holder,
     utc_now,
 )
+from retrain_pipeline.urls import redact_url
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retrain_pipeline.config import MlflowConfig, is_remote_uri
+from retrain_pipeline.config import MlflowConfig
 from retrain_pipeline.errors import TrackingError
+from retrain_pipeline.urls import is_remote_uri
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from retrain_pipeline.config import redact_url
 from retrain_pipeline.errors import VersioningError
+from retrain_pipeline.urls import redact_url
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import mlflow
 import pytest
 import yaml
 
-from retrain_pipeline.config import load_settings
+from retrain_pipeline.params import load_settings
 from retrain_pipeline.sources import breast_cancer_dataset
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from retrain_pipeline import model, tracking
-from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline.config import Settings
+from retrain_pipeline.params import load_settings
 from retrain_pipeline.sources import breast_cancer_dataset
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,8 +15,8 @@ from prefect.events import Event
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
 from flows.automated_training_flow import automated_training_flow
-from retrain_pipeline.config import load_settings
 from retrain_pipeline.errors import DataValidationError, StateError
+from retrain_pipeline.params import load_settings
 from retrain_pipeline.sources import breast_cancer_dataset
 from retrain_pipeline.state import load_state
 from webhook_receiver import SECRET_PATH, WebhookReceiver, refused_url

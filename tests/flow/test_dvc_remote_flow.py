@@ -13,10 +13,11 @@ import pytest
 
 from flows.automated_training_flow import automated_training_flow
 from retrain_pipeline import manifests, operations
-from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import StateError, VersioningError
 from retrain_pipeline.fileio import md5_file
 from retrain_pipeline.manifests import parse_training_manifest
+from retrain_pipeline.params import load_settings
 from retrain_pipeline.state import PipelineState, load_state
 from retrain_pipeline.versioning import cached_file
 

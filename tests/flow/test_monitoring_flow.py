@@ -13,7 +13,7 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.automated_training_flow import automated_training_flow
-from retrain_pipeline.config import load_settings
+from retrain_pipeline.params import load_settings
 from retrain_pipeline.sources import breast_cancer_dataset
 from retrain_pipeline.state import load_state
 from retrain_pipeline.versioning import recorded_md5

@@ -12,8 +12,8 @@ import pytest
 
 from flows.automated_training_flow import automated_training_flow
 from retrain_pipeline.cli import main as cli
-from retrain_pipeline.config import load_settings
 from retrain_pipeline.manifests import parse_training_manifest
+from retrain_pipeline.params import load_settings
 from retrain_pipeline.state import load_state
 from retrain_pipeline.versioning import cached_file
 

@@ -21,7 +21,8 @@ import pytest
 
 from flows.automated_training_flow import automated_training_flow
 from retrain_pipeline.cli import main as cli
-from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline.config import Settings
+from retrain_pipeline.params import load_settings
 from retrain_pipeline.state_stores import TABLE, PostgresStateStore, state_store
 
 

@@ -18,12 +18,12 @@ import pytest
 import yaml
 
 from flows.automated_training_flow import automated_training_flow
-from retrain_pipeline.config import load_settings
 from retrain_pipeline.data import SPLIT_COLUMN
 from retrain_pipeline.errors import DataValidationError, StateError
 from retrain_pipeline.fileio import md5_file, write_parquet_atomic
 from retrain_pipeline.manifests import parse_training_manifest
 from retrain_pipeline.operations import rollback
+from retrain_pipeline.params import load_settings
 from retrain_pipeline.sources import breast_cancer_dataset
 from retrain_pipeline.state import load_state
 from retrain_pipeline.validation import recorded_feature_kinds

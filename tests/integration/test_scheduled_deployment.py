@@ -27,7 +27,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from retrain_pipeline import services
-from retrain_pipeline.config import load_settings
+from retrain_pipeline.params import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 SETUP = REPO / "deployments" / "setup_deployment.py"

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from retrain_pipeline import services
-from retrain_pipeline.config import load_settings
+from retrain_pipeline.params import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 NEVER = "0 0 1 1 *"  # a cron that does not fire during a test: only the runs a journey starts

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from retrain_pipeline import services
-from retrain_pipeline.config import load_settings
+from retrain_pipeline.params import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 FLOW = REPO / "flows" / "automated_training_flow.py"

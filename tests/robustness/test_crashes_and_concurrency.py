@@ -19,7 +19,7 @@ import mlflow
 import pytest
 
 from retrain_pipeline import services
-from retrain_pipeline.config import load_settings
+from retrain_pipeline.params import load_settings
 from retrain_pipeline.state import load_state
 
 

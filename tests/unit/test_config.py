@@ -1,4 +1,4 @@
-"""Unit tests for retrain_pipeline.config: defaults, path resolution, tracking URIs, failures."""
+"""Unit tests for retrain_pipeline.config, .params and .urls: defaults, paths, tracking URIs, failures."""
 
 from __future__ import annotations
 
@@ -11,17 +11,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from retrain_pipeline.config import (
-    ALERT_EVENTS,
-    ESTIMATORS,
-    Settings,
-    estimator_class,
-    load_settings,
-    redact_url,
-    redact_webhook,
-    resolve_tracking_uri,
-)
+from retrain_pipeline.config import ALERT_EVENTS, Settings
 from retrain_pipeline.errors import ConfigError
+from retrain_pipeline.estimators import ESTIMATORS, estimator_class
+from retrain_pipeline.params import load_settings, settings_from_mapping
+from retrain_pipeline.urls import redact_url, redact_webhook, resolve_tracking_uri
 
 # (section, key, default relative value) of every path setting in params.yaml
 PATH_SETTINGS = [
@@ -136,13 +130,13 @@ def test_values_from_the_file_are_used(tmp_path: Path, params_writer) -> None:
     "estimator", ["random_forest", "hist_gradient_boosting", "sklearn.linear_model.SGDClassifier"]
 )
 def test_incremental_training_with_an_estimator_that_can_learn_more(tmp_path: Path, estimator: str) -> None:
-    settings = Settings.from_mapping({"model": {"estimator": estimator, "training": "incremental"}}, tmp_path)
+    settings = settings_from_mapping({"model": {"estimator": estimator, "training": "incremental"}}, tmp_path)
     assert settings.model.training == "incremental"
-    assert Settings.from_mapping({}, tmp_path).model.training == "full"
+    assert settings_from_mapping({}, tmp_path).model.training == "full"
 
 
 def test_dotted_estimator_class_path_is_accepted(tmp_path: Path) -> None:
-    settings = Settings.from_mapping({"model": {"estimator": "sklearn.svm.SVC"}}, tmp_path)
+    settings = settings_from_mapping({"model": {"estimator": "sklearn.svm.SVC"}}, tmp_path)
     assert settings.model.estimator == "sklearn.svm.SVC"
 
 
@@ -210,7 +204,7 @@ def test_home_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, param
 
 
 def test_catalog_paths_derive_from_config(tmp_path: Path) -> None:
-    settings = Settings.from_mapping({}, tmp_path)
+    settings = settings_from_mapping({}, tmp_path)
     root = tmp_path.resolve()
 
     assert settings.lock_file == root / "batch_state.json.lock"
@@ -517,7 +511,7 @@ def test_reserved_keys_are_refused(tmp_path: Path, params_writer, key: str) -> N
 
 def test_from_mapping_without_file_says_built_in_defaults(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^built-in defaults: data\.batch_size"):
-        Settings.from_mapping({"data": {"batch_size": 0}}, tmp_path)
+        settings_from_mapping({"data": {"batch_size": 0}}, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -610,7 +604,7 @@ def test_seeds_outside_numpy_range_are_refused(tmp_path: Path, params_writer, ra
     ],
 )
 def test_settings_are_frozen(tmp_path: Path, target: str, attribute: str, value: Any) -> None:
-    settings = Settings.from_mapping({}, tmp_path)
+    settings = settings_from_mapping({}, tmp_path)
     obj = settings if target == "settings" else getattr(settings, target)
     before = getattr(obj, attribute)
     with pytest.raises(ValidationError, match="frozen"):
@@ -670,6 +664,70 @@ def test_bad_store_settings_name_the_key(make_project: Any, key: str, value: str
     with pytest.raises(ConfigError, match=rf"stores\.{key}") as excinfo:
         load_settings(params)
     assert message in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "key", "message"),
+    [
+        ("MLFLOW_TRACKING_URI", "file:///tmp/mlruns", "mlflow.tracking_uri", "unsupported tracking URI"),
+        (
+            "RETRAIN_STATE_DATABASE_URL",
+            "mysql://u@h/db",
+            "stores.state_database_url",
+            "expected a postgresql://",
+        ),
+        ("RETRAIN_DVC_REMOTE", "1x://host/path", "stores.dvc_remote", "invalid URL scheme"),
+        ("RETRAIN_CODE_SOURCE", "-upload-pack=evil", "automation.code_source", "must not contain whitespace"),
+        ("RETRAIN_ALERT_WEBHOOK_URL", "ftp://host/hook", "alerts.webhook_url", "http:// or https://"),
+    ],
+)
+def test_a_bad_environment_value_names_the_variable_and_the_key_it_sets(
+    make_project: Any, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, key: str, message: str
+) -> None:
+    params = make_project()
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(params)
+    text = str(excinfo.value)
+    assert text.startswith(f"environment variable {variable}, which sets {key}: "), text
+    assert message in text
+    assert str(params) not in text  # the file is not what is wrong
+
+
+def test_a_bad_environment_value_is_reported_without_its_secrets(
+    make_project: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = make_project()
+    monkeypatch.setenv("RETRAIN_STATE_DATABASE_URL", "postgresql://u:topsecret@h:99999/db")
+    with pytest.raises(ConfigError, match="RETRAIN_STATE_DATABASE_URL") as excinfo:
+        load_settings(params)
+    assert "topsecret" not in str(excinfo.value)
+    monkeypatch.delenv("RETRAIN_STATE_DATABASE_URL")
+    monkeypatch.setenv("RETRAIN_ALERT_WEBHOOK_URL", "https://hooks.example.com/T0/secret path")
+    with pytest.raises(ConfigError, match="RETRAIN_ALERT_WEBHOOK_URL") as excinfo:
+        load_settings(params)
+    assert "secret" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_blank_environment_overrides_are_unset(
+    make_project: Any, monkeypatch: pytest.MonkeyPatch, blank: str
+) -> None:
+    params = make_project(
+        stores={"dvc_remote": "s3://bucket/params"}, alerts={"webhook_url": "http://127.0.0.1:9/h"}
+    )
+    for variable in (
+        "RETRAIN_STATE_DATABASE_URL",
+        "RETRAIN_DVC_REMOTE",
+        "RETRAIN_CODE_SOURCE",
+        "RETRAIN_ALERT_WEBHOOK_URL",
+    ):
+        monkeypatch.setenv(variable, blank)
+    settings = load_settings(params)
+    assert settings.stores.dvc_remote == "s3://bucket/params"
+    assert settings.stores.state_database_url is None
+    assert settings.automation.code_source is None
+    assert settings.alerts.webhook_url == "http://127.0.0.1:9/h"
 
 
 def test_a_password_never_shows_in_a_config_error(make_project: Any) -> None:
@@ -767,7 +825,7 @@ def run_python(code: str, *args: str, cwd: Path) -> str:
 
 LOAD_LIGHT_THEN_FULL = """
 import sys
-from retrain_pipeline.config import load_settings
+from retrain_pipeline.params import load_settings, settings_from_mapping
 load_settings(sys.argv[1], light=True)
 print("sklearn" in sys.modules, "prefect" in sys.modules)
 load_settings(sys.argv[1])
@@ -800,7 +858,7 @@ def test_light_modules_import_no_heavy_library(tmp_path: Path, module: str) -> N
 
 
 def test_every_command_finds_its_params_file_one_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from retrain_pipeline.config import PARAMS_ENV, params_for_command
+    from retrain_pipeline.params import PARAMS_ENV, params_for_command
 
     project = tmp_path / "project"
     project.mkdir()

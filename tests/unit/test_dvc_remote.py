@@ -13,10 +13,11 @@ import pytest
 from dvc.repo import Repo
 
 from retrain_pipeline import data, manifests, validation, versioning
-from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import StateError, VersioningError
 from retrain_pipeline.fileio import md5_file, write_text_atomic
 from retrain_pipeline.manifests import restore_processed_batches
+from retrain_pipeline.params import load_settings
 from retrain_pipeline.project import prepare_project
 from retrain_pipeline.state import BatchRecord, PipelineState
 

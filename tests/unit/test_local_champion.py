@@ -16,6 +16,7 @@ from retrain_pipeline import model_tasks
 from retrain_pipeline.config import Settings
 from retrain_pipeline.fileio import md5_file
 from retrain_pipeline.model_tasks import _local_champion
+from retrain_pipeline.params import settings_from_mapping
 from retrain_pipeline.state import BatchRecord, PipelineState
 
 STARTED = "2025-01-01T00:00:00+00:00"
@@ -30,7 +31,7 @@ def _no_prefect_run_context(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings.from_mapping({}, tmp_path)
+    return settings_from_mapping({}, tmp_path)
 
 
 @pytest.fixture

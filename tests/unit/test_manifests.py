@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 
 from retrain_pipeline import data, manifests, validation, versioning
-from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import StateError, VersioningError
 from retrain_pipeline.fileio import md5_file
+from retrain_pipeline.params import load_settings
 from retrain_pipeline.project import prepare_project
 
 MakeProject = Callable[..., Path]

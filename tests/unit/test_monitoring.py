@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from retrain_pipeline import drift, monitoring
-from retrain_pipeline.config import MonitoringConfig, Settings
+from retrain_pipeline.config import MonitoringConfig
 from retrain_pipeline.errors import ConfigError
+from retrain_pipeline.params import settings_from_mapping
 from retrain_pipeline.reporting import drift_cell, drift_summary
 from retrain_pipeline.state import BatchRecord, PipelineState
 
@@ -183,11 +184,11 @@ def test_bad_monitoring_params_fail_naming_the_key(
     tmp_path: Path, monitoring_section: dict[str, object], key: str
 ) -> None:
     with pytest.raises(ConfigError, match=rf"{key}\b"):
-        Settings.from_mapping({"monitoring": monitoring_section}, tmp_path, light=True)
+        settings_from_mapping({"monitoring": monitoring_section}, tmp_path, light=True)
 
 
 def test_monitoring_defaults_keep_todays_behaviour(tmp_path: Path) -> None:
-    settings = Settings.from_mapping({}, tmp_path, light=True)
+    settings = settings_from_mapping({}, tmp_path, light=True)
     assert settings.monitoring.retrain_policy == "always"
     rules = settings.monitoring.drift_rules()
     assert (rules.drift_share, rules.ks_threshold, rules.large_sample_rows) == (0.5, 0.05, 1000)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from retrain_pipeline.cli import host_argument, main, port_argument, render_status, status_payload
-from retrain_pipeline.config import Settings
+from retrain_pipeline.params import settings_from_mapping
 from retrain_pipeline.state import BatchRecord, PipelineState
 
 
@@ -52,7 +52,7 @@ def _state() -> PipelineState:
 
 
 def test_status_table_shows_batches_champion_and_next(tmp_path: Path) -> None:
-    settings = Settings.from_mapping({"automation": {"max_batches": 3}}, tmp_path)
+    settings = settings_from_mapping({"automation": {"max_batches": 3}}, tmp_path)
     text = render_status(status_payload(settings, _state()))
     lines = text.splitlines()
     assert lines[0].split() == [
@@ -81,7 +81,7 @@ def test_status_table_shows_batches_champion_and_next(tmp_path: Path) -> None:
 
 
 def test_status_when_all_done_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    settings = Settings.from_mapping({"automation": {"max_batches": 2}}, tmp_path)
+    settings = settings_from_mapping({"automation": {"max_batches": 2}}, tmp_path)
     payload = status_payload(settings, _state())
     assert payload["next_batch"] is None
     assert "next batch: none (all 2 batches done)" in render_status(payload)

@@ -12,6 +12,7 @@ import pytest
 from retrain_pipeline import data, model
 from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import DataValidationError, StateError
+from retrain_pipeline.params import settings_from_mapping
 
 
 def batch(seed: int, rows: int = 60) -> pd.DataFrame:
@@ -22,7 +23,7 @@ def batch(seed: int, rows: int = 60) -> pd.DataFrame:
 
 
 def settings(tmp_path: Path) -> Settings:
-    return Settings.from_mapping({}, tmp_path, light=True)
+    return settings_from_mapping({}, tmp_path, light=True)
 
 
 def accept(tmp_path: Path, number: int, frame: pd.DataFrame, earlier: dict[int, Path]) -> data.MergedBatch:
@@ -73,7 +74,7 @@ def test_an_earlier_file_with_other_columns_is_a_state_error(tmp_path: Path) -> 
 def test_a_champion_that_cannot_score_the_holdout_loses_its_place() -> None:
     train = batch(1)
     features, target = train[["a", "b"]], train["target"]
-    cfg = Settings.from_mapping({}, Path("."), light=True)
+    cfg = settings_from_mapping({}, Path("."), light=True)
     new = model.train_model(cfg.model, features, target)
     other = model.train_model(cfg.model, features.rename(columns={"b": "c"}), target)
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from retrain_pipeline import scoring, serving
-from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import ScoringError, TrackingError
+from retrain_pipeline.params import settings_from_mapping
 
 COLUMNS = (scoring.Column("a", "double", True), scoring.Column("b", "long", True))
 DATA_REPR = "   a  b\\n0  1  2\\n\\n[1 rows x 2 columns]"
@@ -211,7 +211,7 @@ def _call(
 @pytest.fixture
 def app(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> serving.ScoringApp:
     monkeypatch.setattr(scoring, "signature_columns", lambda model: COLUMNS)
-    settings = Settings.from_mapping({"serving": {"max_request_bytes": 2048}}, tmp_path)
+    settings = settings_from_mapping({"serving": {"max_request_bytes": 2048}}, tmp_path)
     return serving.ScoringApp(settings, serving.Champion())
 
 
@@ -268,7 +268,7 @@ def test_mlflow_rejections_are_explained_and_failures_are_one_line_500(
 def test_follower_retries_a_broken_version_with_backoff_and_logs_an_outage_once(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = Settings.from_mapping({}, tmp_path)
+    settings = settings_from_mapping({}, tmp_path)
     champion = serving.Champion()
     follower = serving.AliasFollower(settings, champion)
     alias: list[Any] = ["1"]

@@ -18,8 +18,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from retrain_pipeline import cli, scoring, serving, tracking
-from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import ScoringError
+from retrain_pipeline.params import load_settings
 from retrain_pipeline.sources import breast_cancer_dataset
 
 RAW = breast_cancer_dataset(seed=7, target_column="target")

@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 from retrain_pipeline import services
-from retrain_pipeline.config import Settings
+from retrain_pipeline.params import settings_from_mapping
 
 MARKER = "retrain-test-sigint-service"
 
 
 def test_a_service_started_with_sigint_ignored_stops_on_sigint(tmp_path: Path) -> None:
-    settings = Settings.from_mapping({}, tmp_path)
+    settings = settings_from_mapping({}, tmp_path)
     spec = services.ServiceSpec(
         "worker",
         [sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)", MARKER],

@@ -28,8 +28,9 @@ from deployments.setup_deployment import (
     heartbeat_seconds,
     same_definition,
 )
-from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import ConfigError
+from retrain_pipeline.params import load_settings
 
 VAR = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 

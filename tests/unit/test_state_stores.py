@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 import psycopg2
 import pytest
 
-from retrain_pipeline.config import Settings, redact_url
 from retrain_pipeline.errors import PipelineBusyError, StateError
+from retrain_pipeline.params import settings_from_mapping
 from retrain_pipeline.postgres import LocalPostgres
 from retrain_pipeline.state import BatchRecord, PipelineState, Rollback, load_state
 from retrain_pipeline.state_stores import (
@@ -36,6 +36,7 @@ from retrain_pipeline.state_stores import (
     application_name,
     state_store,
 )
+from retrain_pipeline.urls import redact_url
 
 STARTED = "2025-01-01T00:00:00+00:00"
 RUN_ID = "0b3c1d2e-1111-2222-3333-444455556666"
@@ -160,7 +161,7 @@ def holder(postgres_url: str) -> Iterator[subprocess.Popen[str]]:
 
 
 def test_the_file_store_is_the_default(tmp_path: Path) -> None:
-    settings = Settings.from_mapping({}, tmp_path)
+    settings = settings_from_mapping({}, tmp_path)
     store = state_store(settings)
     assert isinstance(store, FileStateStore)
     assert store.description == f"batch_state.json ({tmp_path / 'batch_state.json'})"
@@ -168,7 +169,7 @@ def test_the_file_store_is_the_default(tmp_path: Path) -> None:
 
 def test_a_database_url_chooses_postgres_named_by_the_experiment(tmp_path: Path) -> None:
     url = "postgresql+psycopg2://user:s3cret@db.example:5433/retrain"
-    settings = Settings.from_mapping(
+    settings = settings_from_mapping(
         {"stores": {"state_database_url": url}, "mlflow": {"experiment_name": "churn"}}, tmp_path
     )
     store = state_store(settings)
@@ -205,7 +206,7 @@ def test_application_name_fits_63_bytes() -> None:
 
 
 def test_file_store_round_trip_lock_and_backup(tmp_path: Path) -> None:
-    settings = Settings.from_mapping({}, tmp_path)
+    settings = settings_from_mapping({}, tmp_path)
     store = FileStateStore(settings)
     assert store.load() == PipelineState()
     assert store.backup() is None

@@ -18,10 +18,11 @@ from prefect.logging import disable_run_logger
 
 from retrain_pipeline import data
 from retrain_pipeline.batch_manager import choose_batch
-from retrain_pipeline.config import Settings, load_settings
+from retrain_pipeline.config import Settings
 from retrain_pipeline.data_tasks import TrainingData, load_batch, validate_and_merge
 from retrain_pipeline.errors import StateError
 from retrain_pipeline.model_tasks import Champion, evaluate, train
+from retrain_pipeline.params import load_settings
 from retrain_pipeline.project import prepare_project
 from retrain_pipeline.state import BatchRecord, PipelineState
 from retrain_pipeline.state_stores import state_store

@@ -12,6 +12,7 @@ from sklearn.linear_model import LogisticRegression
 
 from retrain_pipeline import tracking
 from retrain_pipeline.config import Settings
+from retrain_pipeline.params import settings_from_mapping
 
 
 def _proxied_store(root: Path) -> Settings:
@@ -20,7 +21,7 @@ def _proxied_store(root: Path) -> Settings:
     The model is logged locally, then every ``file:`` URI is rewritten the way a server
     started with ``--artifacts-destination <root>/mlartifacts`` records it.
     """
-    settings = Settings.from_mapping({"mlflow": {"registered_model_name": "clf"}}, root)
+    settings = settings_from_mapping({"mlflow": {"registered_model_name": "clf"}}, root)
     config = settings.mlflow
     experiment_id = tracking.connect(config)
     model = LogisticRegression().fit([[0.0], [1.0]], [0, 1])
@@ -81,13 +82,13 @@ def test_connect_repairs_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "postgresql://u@h/db"])
 def test_other_stores_are_left_alone(tmp_path: Path, uri: str) -> None:
-    settings = Settings.from_mapping({"mlflow": {"tracking_uri": uri}}, tmp_path)
+    settings = settings_from_mapping({"mlflow": {"tracking_uri": uri}}, tmp_path)
     assert tracking.repair_proxied_artifact_uris(settings.mlflow) == 0
 
 
 def test_a_missing_store_is_not_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    settings = Settings.from_mapping({}, tmp_path)
+    settings = settings_from_mapping({}, tmp_path)
     assert tracking.repair_proxied_artifact_uris(settings.mlflow) == 0
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -97,7 +98,8 @@ import sys
 from pathlib import Path
 from retrain_pipeline import tracking
 from retrain_pipeline.config import Settings
-settings = Settings.from_mapping({}, Path(sys.argv[1]))
+from retrain_pipeline.params import settings_from_mapping
+settings = settings_from_mapping({}, Path(sys.argv[1]))
 print("creating", flush=True)
 tracking.create_sqlite_store(settings.mlflow)
 print("created", flush=True)
@@ -127,7 +129,7 @@ def test_a_store_killed_while_being_created_leaves_no_broken_file(tmp_path: Path
     assert not (tmp_path / "mlflow.db").exists()
     assert list(tmp_path.glob(".mlflow.db.*.creating")), "the killed process's temporary store"
 
-    settings = Settings.from_mapping({}, tmp_path)
+    settings = settings_from_mapping({}, tmp_path)
     assert tracking.create_sqlite_store(settings.mlflow) is True
     assert not list(tmp_path.glob(".mlflow.db.*.creating")), "stale temporary stores are removed"
     assert tracking.create_sqlite_store(settings.mlflow) is False  # exists: left alone

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from retrain_pipeline import services
-from retrain_pipeline.config import load_settings
 from retrain_pipeline.errors import ConfigError
+from retrain_pipeline.params import load_settings
 
 API_URL = "http://127.0.0.1:4200/api"
 POLL = "PREFECT_WORKER_QUERY_SECONDS"
