@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
     from retrain_pipeline.config import Settings
-    from retrain_pipeline.services import Endpoints
+    from retrain_pipeline.service_specs import Endpoints
 
 logger = logging.getLogger("benchmarks.cold_start")
 
@@ -58,7 +58,7 @@ STOP_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 600.0  # one deployment run, trigger to final state
 TICK_PERIOD_S = 60.0  # the benchmark project's cron fires every minute
 # Variables of the caller that would point the services or the CLI at other servers:
-# services.worker_env prefers PREFECT_API_URL / MLFLOW_TRACKING_URI from the environment.
+# service_specs.worker_env prefers PREFECT_API_URL / MLFLOW_TRACKING_URI from the environment.
 FOREIGN_ENV = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_PROFILE")
 STOP_ORDER = ("worker", "mlflow", "prefect")
 FINAL_TYPES = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
@@ -82,7 +82,7 @@ def project_env(params: Path, base: dict[str, str] | None = None) -> dict[str, s
     """The environment of a user's shell in the project of ``params``: none of the caller's servers.
 
     ``PREFECT_HOME`` is the project's own ``.prefect/`` beside its params file, the one the
-    command line and the services choose for it anyway (``services.prefect_home``); setting
+    command line and the services choose for it anyway (``service_records.prefect_home``); setting
     it also keeps Prefect from reading the user's ``~/.prefect`` profiles.
     """
     env = {k: v for k, v in (base if base is not None else os.environ).items() if k not in FOREIGN_ENV}
@@ -227,13 +227,13 @@ class OwnServices:
 
     def info(self) -> ServicesInfo:
         """What the report says of these services: where they ran, their start, deployment and stop."""
-        from retrain_pipeline import services
+        from retrain_pipeline import service_records
 
         return ServicesInfo(
             prefect_api=self.endpoints.prefect_api,
             mlflow_uri=self.endpoints.mlflow_uri,
-            services_folder=str(services.run_dir(self.settings)),
-            prefect_home=str(services.prefect_home(self.settings)),
+            services_folder=str(service_records.run_dir(self.settings)),
+            prefect_home=str(service_records.prefect_home(self.settings)),
             project=str(self.settings.root),
             deployment=self.deployment_name,
             deployment_id=str(self.deployment_id) if self.deployment_id else None,
@@ -259,10 +259,10 @@ class OwnServices:
 
     def start(self, name: str) -> None:
         """``python -m retrain_pipeline.services start NAME`` for the benchmark project."""
-        from retrain_pipeline import services
+        from retrain_pipeline import service_specs, services
 
         started = time.perf_counter()
-        spec = services.spec_for(name, self.settings, self.endpoints)
+        spec = service_specs.spec_for(name, self.settings, self.endpoints)
         message = services.start(spec, self.settings, START_TIMEOUT_S)
         self.start_s[name] = time.perf_counter() - started
         logger.info("%s", message)
@@ -270,6 +270,7 @@ class OwnServices:
     def deploy(self, phase: str, cron: str | None = None) -> None:
         """What ``make deploy`` does (setup_deployment.py), optionally with another cron."""
         from deployments import setup_deployment
+        from retrain_pipeline import automations
 
         settings = self.settings
         if cron is not None:
@@ -282,10 +283,10 @@ class OwnServices:
         with self.api(), contextlib.redirect_stdout(shown):
             setup_deployment.ensure_process_pool(auto.work_pool)
             self.deployment_id = setup_deployment.deploy(settings, self.endpoints.mlflow_uri, heartbeat_s)
-            automation_core = setup_deployment.crash_automation(
+            automation_core = automations.crash_automation(
                 self.deployment_id, auto.deployment_name, heartbeat_s
             )
-            setup_deployment.ensure_automation(automation_core)
+            automations.ensure_automation(automation_core)
         self.deploy_s[phase] = time.perf_counter() - started
         logger.debug("Prefect printed while deploying:\n%s", shown.getvalue())
         logger.info(
@@ -462,15 +463,15 @@ def own_services(params: Path, scheduled_cron: str) -> Iterator[OwnServices]:
     Everything is stopped when the block ends, also after an error; the deployment's runs
     are waited for first when the block ended normally.
     """
-    from retrain_pipeline import services
+    from retrain_pipeline import service_records, service_specs
     from retrain_pipeline.params import load_settings
 
     with project_environ(params):
         settings = load_settings(params)
-        if str(services.prefect_home(settings)) != os.environ["PREFECT_HOME"]:
+        if str(service_records.prefect_home(settings)) != os.environ["PREFECT_HOME"]:
             raise ColdStartError(f"{params}: Prefect's home is not beside the params file")
         prefect_port, mlflow_port = free_ports(2)
-        endpoints = services.Endpoints(LOOPBACK, prefect_port, LOOPBACK, mlflow_port)
+        endpoints = service_specs.Endpoints(LOOPBACK, prefect_port, LOOPBACK, mlflow_port)
         own = OwnServices(settings, endpoints, scheduled_cron)
         try:
             own.start("prefect")

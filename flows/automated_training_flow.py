@@ -76,7 +76,7 @@ from retrain_pipeline.prefect_runtime import (
 )
 from retrain_pipeline.project import prepare_project
 from retrain_pipeline.reporting import import_plotting, training_report
-from retrain_pipeline.services import prefect_home, running_urls
+from retrain_pipeline.service_records import prefect_home, running_urls
 from retrain_pipeline.state import BatchRecord, PipelineState, utc_now
 from retrain_pipeline.state_stores import LockHandle, StateStore, state_store
 from retrain_pipeline.tracking import import_mlflow

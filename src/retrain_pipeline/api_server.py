@@ -106,7 +106,7 @@ def start_for_command_line(argv: list[str], default_params: Path) -> TemporaryAp
         return _server
     try:
         from retrain_pipeline.params import load_settings, params_for_command
-        from retrain_pipeline.services import prefect_home, running_urls
+        from retrain_pipeline.service_records import prefect_home, running_urls
 
         parser = argparse.ArgumentParser(add_help=False)
         parser.add_argument("--params")

@@ -70,13 +70,13 @@ def version_argument(text: str) -> str:
 
 def _mlflow_ui(settings: Settings, args: argparse.Namespace) -> int:
     """The MLflow server of ``make start-services``, in the foreground (one artifact scheme)."""
-    from retrain_pipeline import services
+    from retrain_pipeline import service_specs, services
 
     if settings.mlflow.is_remote:
         print(f"tracking URI {settings.mlflow.tracking_uri} is a server: open it in a browser instead")
         return 0
-    endpoints = services.Endpoints(mlflow_host=args.host, mlflow_port=args.port)
-    spec = services.spec_for("mlflow", settings, endpoints)
+    endpoints = service_specs.Endpoints(mlflow_host=args.host, mlflow_port=args.port)
+    spec = service_specs.spec_for("mlflow", settings, endpoints)
     services.prepare(spec, settings)
     print(f"MLflow UI on {spec.url} over {settings.mlflow.tracking_uri} (Ctrl+C stops it)", flush=True)
     os.execve(spec.argv[0], spec.argv, spec.env)  # replaces this process; no shell involved
@@ -133,10 +133,10 @@ def _restore_data(settings: Settings, args: argparse.Namespace) -> int:
 
 def _predict(settings: Settings, args: argparse.Namespace) -> int:
     """Score a file with the champion (or ``--version``), on the store the flow would use."""
-    from retrain_pipeline import scoring, services
+    from retrain_pipeline import scoring, service_records
 
     mlflow = settings.mlflow
-    running = services.running_urls(settings).get("mlflow")
+    running = service_records.running_urls(settings).get("mlflow")
     if running and not os.environ.get("MLFLOW_TRACKING_URI", "").strip():
         mlflow = mlflow.model_copy(update={"tracking_uri": running})
     source = args.input.expanduser().resolve()

@@ -41,7 +41,7 @@ from typing import Any
 import psutil
 import yaml
 
-from retrain_pipeline import services
+from retrain_pipeline import service_records, service_specs, services
 from retrain_pipeline.arguments import host_argument, port_argument
 from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import ClusterError, PipelineError
@@ -212,23 +212,23 @@ def _base_env(cluster: Cluster) -> dict[str, str]:
     return env
 
 
-def _prefect_spec(cluster: Cluster) -> services.ServiceSpec:
+def _prefect_spec(cluster: Cluster) -> service_specs.ServiceSpec:
     env = _base_env(cluster)
     env.update(
         PREFECT_HOME=str(cluster.folder / "prefect-home"),
         PREFECT_API_DATABASE_CONNECTION_URL=cluster.postgres.url("prefect", driver="asyncpg"),
     )
-    return services.prefect_server_spec(cluster.ports.host, cluster.ports.prefect, env, cluster.folder)
+    return service_specs.prefect_server_spec(cluster.ports.host, cluster.ports.prefect, env, cluster.folder)
 
 
-def _mlflow_spec(cluster: Cluster) -> services.ServiceSpec:
+def _mlflow_spec(cluster: Cluster) -> service_specs.ServiceSpec:
     env = _base_env(cluster)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job consumers
     # Proxied artifacts: workers on other machines upload and download through this server.
     destination = (cluster.folder / "mlflow-artifacts").as_uri()
     artifacts = ["--artifacts-destination", destination, "--serve-artifacts"]
     store = cluster.postgres.url("mlflow")
-    return services.mlflow_server_spec(
+    return service_specs.mlflow_server_spec(
         store, artifacts, cluster.ports.host, cluster.ports.mlflow, env, cluster.folder
     )
 
@@ -287,7 +287,7 @@ def _write_worker_params(cluster: Cluster, target: Path) -> None:
     write_text_atomic(target, header + yaml.safe_dump(raw, sort_keys=False))
 
 
-def _worker_spec(cluster: Cluster, name: str) -> services.ServiceSpec:
+def _worker_spec(cluster: Cluster, name: str) -> service_specs.ServiceSpec:
     folder = cluster.worker_dir(name)
     env = _base_env(cluster)
     env.update(cluster.client_env())
@@ -299,7 +299,7 @@ def _worker_spec(cluster: Cluster, name: str) -> services.ServiceSpec:
         PYTHONPATH=str(folder / "src"),
     )
     name_args = ("--name", f"{cluster.folder.parent.name}-{name}")
-    return services.worker_spec(name, cluster.settings.automation, env, name_args, folder)
+    return service_specs.worker_spec(name, cluster.settings.automation, env, name_args, folder)
 
 
 def _write_env(cluster: Cluster) -> None:
@@ -326,7 +326,7 @@ def stop(cluster: Cluster, timeout: float = 60.0) -> list[str]:
         lines.append(services.stop(settings, name, timeout, cluster.run_folder))
     servers = set()
     for name in ("mlflow", "prefect"):
-        record = services.recorded(settings, name, cluster.run_folder)
+        record = service_records.recorded(settings, name, cluster.run_folder)
         if record is not None:
             servers.add(int(str(record["pid"])))  # each server leads its own process group
     swept = _stop_leftovers(cluster, timeout=15, spare_groups=servers)
@@ -384,7 +384,7 @@ def status(cluster: Cluster) -> list[str]:
         f"({cluster.ports.host}:{cluster.ports.postgres})"
     ]
     for name in ("prefect", "mlflow", *cluster.worker_names()):
-        record = services.recorded(cluster.settings, name, cluster.run_folder)
+        record = service_records.recorded(cluster.settings, name, cluster.run_folder)
         lines.append(
             f"{name}: " + (f"running (pid {record['pid']}, {record['url']})" if record else "stopped")
         )

@@ -12,14 +12,14 @@ def mlflow_ui(settings: Settings) -> str:
     """The tracking server, else the project's running MLflow server, else the default address."""
     if settings.mlflow.is_remote:
         return settings.mlflow.tracking_uri.rstrip("/")
-    from retrain_pipeline.services import running_urls
+    from retrain_pipeline.service_records import running_urls
 
     return running_urls(settings).get("mlflow", f"http://{DEFAULT_HOST}:{DEFAULT_MLFLOW_PORT}").rstrip("/")
 
 
 def prefect_ui(settings: Settings) -> str:
     """PREFECT_API_URL's UI, else the project's running Prefect server's, else the default."""
-    from retrain_pipeline.services import running_urls
+    from retrain_pipeline.service_records import running_urls
 
     api = os.environ.get("PREFECT_API_URL", "").strip() or running_urls(settings).get("prefect", "")
     api = api.rstrip("/")

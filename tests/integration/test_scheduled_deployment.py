@@ -26,7 +26,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId,
 from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from retrain_pipeline import services
+from retrain_pipeline import service_specs, services
 from retrain_pipeline.params import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +74,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, free_port: Callable[[], int]
     params.write_text(yaml.safe_dump(PARAMS))
     prefect_port, mlflow_port = free_port(), free_port()
     settings = load_settings(params)
-    endpoints = services.Endpoints("127.0.0.1", prefect_port, "127.0.0.1", mlflow_port)
+    endpoints = service_specs.Endpoints("127.0.0.1", prefect_port, "127.0.0.1", mlflow_port)
     saved = dict(os.environ)
     os.environ.update(
         # The scheduler looks for due runs every 5 s (default 60), the worker polls every 2 s.
@@ -86,9 +86,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, free_port: Callable[[], int]
         os.environ.pop(key, None)
     try:
         for name in ("prefect", "mlflow"):
-            services.start(services.spec_for(name, settings, endpoints), settings, timeout=180)
+            services.start(service_specs.spec_for(name, settings, endpoints), settings, timeout=180)
         env = {
-            **services.base_env(settings),
+            **service_specs.base_env(settings),
             "PREFECT_API_URL": endpoints.prefect_api,
             "MLFLOW_TRACKING_URI": endpoints.mlflow_uri,
         }
@@ -102,7 +102,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, free_port: Callable[[], int]
         )
         assert deployed.returncode == 0, deployed.stderr[-3000:]
         os.environ["PREFECT_API_URL"] = endpoints.prefect_api
-        services.start(services.spec_for("worker", settings, endpoints), settings, timeout=120)
+        services.start(service_specs.spec_for("worker", settings, endpoints), settings, timeout=120)
         with temporary_settings(updates={PREFECT_API_URL: endpoints.prefect_api}):
             yield Stack(root, params, env, endpoints.prefect_api, endpoints.mlflow_uri)
     finally:

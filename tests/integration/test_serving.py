@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from retrain_pipeline import services, tracking
+from retrain_pipeline import service_records, service_specs, services, tracking
 from retrain_pipeline.config import Settings
 from retrain_pipeline.params import load_settings
 from retrain_pipeline.sources import breast_cancer_dataset
@@ -117,7 +117,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, free_port: Callable[[], int
         assert tracking.champion_version(settings.mlflow) == "2"
         tracking.set_champion(settings.mlflow, "1")
         port = free_port()
-        spec = services.spec_for("serve", settings, services.Endpoints(serve_port=port))
+        spec = service_specs.spec_for("serve", settings, service_specs.Endpoints(serve_port=port))
         assert spec.argv[1:3] == ["-m", "retrain_pipeline.serving"] and "MLFLOW_TRACKING_URI" not in spec.env
         started = services.start(spec, settings, timeout=90)
         assert started.startswith("serve: started"), started
@@ -126,7 +126,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, free_port: Callable[[], int
             yield Served(settings, params, env, "127.0.0.1", port, rows)
         finally:
             print(services.stop(settings, "serve", timeout=20))
-            log = (services.run_dir(settings) / "serve.log").read_text()
+            log = (service_records.run_dir(settings) / "serve.log").read_text()
             assert "Traceback" not in log, log[-3000:]
 
 

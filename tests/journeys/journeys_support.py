@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from retrain_pipeline import services
+from retrain_pipeline import service_records, service_specs
 from retrain_pipeline.params import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,8 +173,8 @@ def kill_recorded_services(root: Path) -> list[str]:
     """
     settings = load_settings(root / "params.yaml")
     killed = []
-    for name in services.SERVICE_NAMES:
-        record = services.recorded(settings, name)
+    for name in service_specs.SERVICE_NAMES:
+        record = service_records.recorded(settings, name)
         if record is None:
             continue
         pid = int(str(record["pid"]))

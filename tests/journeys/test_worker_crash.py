@@ -33,12 +33,8 @@ import yaml
 from journeys_support import Project
 from mlflow import MlflowClient
 
-from deployments.setup_deployment import (
-    DEFAULT_HEARTBEAT_S,
-    MISSED_HEARTBEATS,
-    crash_alert_name,
-    crash_automation_name,
-)
+from deployments.setup_deployment import DEFAULT_HEARTBEAT_S
+from retrain_pipeline.automations import MISSED_HEARTBEATS, crash_alert_name, crash_automation_name
 from webhook_receiver import WebhookReceiver
 
 DEPLOYMENT_NAME = "automated-retraining"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from retrain_pipeline import services
+from retrain_pipeline import service_records, service_specs, services
 from retrain_pipeline.params import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,10 +26,10 @@ def prefect_api(
     root = tmp_path_factory.mktemp("robustness-prefect")
     (root / "params.yaml").write_text("{}")
     settings = load_settings(root / "params.yaml")
-    endpoints = services.Endpoints(prefect_port=free_port())
-    services.start(services.spec_for("prefect", settings, endpoints), settings, timeout=180)
+    endpoints = service_specs.Endpoints(prefect_port=free_port())
+    services.start(service_specs.spec_for("prefect", settings, endpoints), settings, timeout=180)
     try:
-        yield endpoints.prefect_api, services.prefect_home(settings)
+        yield endpoints.prefect_api, service_records.prefect_home(settings)
     finally:
         services.stop(settings, "prefect")
 

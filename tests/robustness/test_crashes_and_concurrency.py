@@ -18,7 +18,7 @@ from typing import Any
 import mlflow
 import pytest
 
-from retrain_pipeline import services
+from retrain_pipeline import service_specs, services
 from retrain_pipeline.params import load_settings
 from retrain_pipeline.state import load_state
 
@@ -155,7 +155,7 @@ def test_tracking_server_outage_fails_the_batch_and_the_next_run_retries(
     uri = f"http://127.0.0.1:{port}"
     params = _sliced_params(write_params, root)
     settings = load_settings(params)
-    endpoints = services.Endpoints(mlflow_port=port)
+    endpoints = service_specs.Endpoints(mlflow_port=port)
     env = {**cli_env, "MLFLOW_TRACKING_URI": uri}
 
     down = run_cli("--params", str(params), env=env)
@@ -166,7 +166,7 @@ def test_tracking_server_outage_fails_the_batch_and_the_next_run_retries(
     assert state.batches["1"].status == "failed" and uri in (state.batches["1"].error or "")
     assert state.processed_batches == []
 
-    services.start(services.spec_for("mlflow", settings, endpoints), settings, timeout=180)
+    services.start(service_specs.spec_for("mlflow", settings, endpoints), settings, timeout=180)
     try:
         up = run_cli("--params", str(params), env=env)
         assert up.returncode == 0, up.stderr[-3000:]

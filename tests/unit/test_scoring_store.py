@@ -141,16 +141,18 @@ def test_a_loaded_version_scores_its_own_input_example(registered: tuple[Setting
 def test_the_serve_service_runs_this_module_on_the_projects_store(
     registered: tuple[Settings, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from retrain_pipeline import services
+    from retrain_pipeline import service_records, service_specs
 
     settings, _ = registered
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    spec = services.spec_for("serve", settings, services.Endpoints(serve_host="127.0.0.1", serve_port=5999))
+    spec = service_specs.spec_for(
+        "serve", settings, service_specs.Endpoints(serve_host="127.0.0.1", serve_port=5999)
+    )
     assert spec.argv[1:3] == ["-m", "retrain_pipeline.serving"]
     assert spec.argv[spec.argv.index("--port") + 1] == "5999"
     assert spec.argv[spec.argv.index("--params") + 1] == str(settings.params_file)
     assert spec.url == "http://127.0.0.1:5999" and "MLFLOW_TRACKING_URI" not in spec.env  # the params' store
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5300")  # e.g. from . .cluster/env
-    spec = services.spec_for("serve", settings, services.Endpoints(serve_port=5999))
+    spec = service_specs.spec_for("serve", settings, service_specs.Endpoints(serve_port=5999))
     assert spec.env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5300"
-    assert services.recorded(settings, "serve") is None  # nothing started: no pid file
+    assert service_records.recorded(settings, "serve") is None  # nothing started: no pid file

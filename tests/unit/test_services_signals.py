@@ -6,7 +6,7 @@ import signal
 import sys
 from pathlib import Path
 
-from retrain_pipeline import services
+from retrain_pipeline import service_specs, services
 from retrain_pipeline.params import settings_from_mapping
 
 MARKER = "retrain-test-sigint-service"
@@ -14,7 +14,7 @@ MARKER = "retrain-test-sigint-service"
 
 def test_a_service_started_with_sigint_ignored_stops_on_sigint(tmp_path: Path) -> None:
     settings = settings_from_mapping({}, tmp_path)
-    spec = services.ServiceSpec(
+    spec = service_specs.ServiceSpec(
         "worker",
         [sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)", MARKER],
         {},

@@ -17,15 +17,14 @@ from prefect.events.schemas.events import ResourceSpecification
 from prefect.server.utilities.user_templates import render_user_template_sync
 
 import deployments.setup_deployment as setup_deployment
-from deployments.setup_deployment import (
-    DEFAULT_HEARTBEAT_S,
+from deployments.setup_deployment import DEFAULT_HEARTBEAT_S, heartbeat_seconds
+from retrain_pipeline.automations import (
     crash_alert,
     crash_alert_block,
     crash_alert_block_name,
     crash_alert_name,
     crash_automation,
     crash_automation_name,
-    heartbeat_seconds,
     same_definition,
 )
 from retrain_pipeline.config import Settings

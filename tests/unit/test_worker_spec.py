@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from retrain_pipeline import services
+from retrain_pipeline import service_specs
 from retrain_pipeline.errors import ConfigError
 from retrain_pipeline.params import load_settings
 
@@ -37,7 +37,7 @@ def test_worker_env_has_the_poll_and_prefetch_seconds_of_the_params(
         make_project, worker_poll_seconds=3, worker_prefetch_seconds=45, work_pool="night-pool"
     )
 
-    spec = services.worker_spec("worker", automation, {"PREFECT_API_URL": API_URL, "OTHER": "kept"})
+    spec = service_specs.worker_spec("worker", automation, {"PREFECT_API_URL": API_URL, "OTHER": "kept"})
 
     assert spec.env[POLL] == "3"
     assert spec.env[PREFETCH] == "45"
@@ -49,10 +49,10 @@ def test_worker_env_has_the_poll_and_prefetch_seconds_of_the_params(
 
 
 def test_worker_env_defaults_and_fractions(make_project: Callable[..., Path]) -> None:
-    default = services.worker_spec("worker", automation_of(make_project), {"PREFECT_API_URL": API_URL})
+    default = service_specs.worker_spec("worker", automation_of(make_project), {"PREFECT_API_URL": API_URL})
     assert (default.env[POLL], default.env[PREFETCH]) == ("1", "30")  # a run started now waits 0.5 s
 
-    fraction = services.worker_spec(
+    fraction = service_specs.worker_spec(
         "worker",
         automation_of(make_project, "other", worker_poll_seconds=2.5, worker_prefetch_seconds=0),
         {"PREFECT_API_URL": API_URL},
@@ -63,7 +63,9 @@ def test_worker_env_defaults_and_fractions(make_project: Callable[..., Path]) ->
 def test_worker_settings_given_in_the_env_win(make_project: Callable[..., Path]) -> None:
     automation = automation_of(make_project, worker_poll_seconds=3, worker_prefetch_seconds=45)
 
-    spec = services.worker_spec("worker", automation, {"PREFECT_API_URL": API_URL, POLL: "10", PREFETCH: "0"})
+    spec = service_specs.worker_spec(
+        "worker", automation, {"PREFECT_API_URL": API_URL, POLL: "10", PREFETCH: "0"}
+    )
 
     assert (spec.env[POLL], spec.env[PREFETCH]) == ("10", "0")
 
@@ -76,11 +78,11 @@ def test_the_services_worker_gets_the_params_values_unless_the_environment_sets_
     )
     monkeypatch.setenv("PREFECT_API_URL", API_URL)
 
-    spec = services.spec_for("worker", settings, services.Endpoints())
+    spec = service_specs.spec_for("worker", settings, service_specs.Endpoints())
     assert (spec.env[POLL], spec.env[PREFETCH]) == ("3", "45")
 
     monkeypatch.setenv(PREFETCH, "7")
-    spec = services.spec_for("worker", settings, services.Endpoints())
+    spec = service_specs.spec_for("worker", settings, service_specs.Endpoints())
     assert (spec.env[POLL], spec.env[PREFETCH]) == ("3", "7")
 
 
@@ -105,13 +107,13 @@ def test_bad_worker_seconds_are_refused_naming_the_key(
 
 
 def test_mlflow_server_runs_no_job_runner() -> None:
-    spec = services.mlflow_server_spec("sqlite:///x.db", [], "127.0.0.1", 5000, {"OTHER": "kept"})
+    spec = service_specs.mlflow_server_spec("sqlite:///x.db", [], "127.0.0.1", 5000, {"OTHER": "kept"})
 
     assert spec.env[JOBS] == "false"
     assert spec.env["OTHER"] == "kept"
 
 
 def test_mlflow_job_runner_setting_given_in_the_env_wins() -> None:
-    spec = services.mlflow_server_spec("sqlite:///x.db", [], "127.0.0.1", 5000, {JOBS: "true"})
+    spec = service_specs.mlflow_server_spec("sqlite:///x.db", [], "127.0.0.1", 5000, {JOBS: "true"})
 
     assert spec.env[JOBS] == "true"
