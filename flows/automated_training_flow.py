@@ -1,4 +1,4 @@
-"""The retraining flow and its command line.
+"""The retraining flow, run by a deployment or from its command line:
 
     python flows/automated_training_flow.py [N] [--params PATH] [--force] [--debug]
     python flows/automated_training_flow.py --all [--params PATH]   # every pending batch

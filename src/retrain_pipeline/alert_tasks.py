@@ -1,5 +1,6 @@
-"""The flow's alerts: a Prefect event for each (the UI's event feed; users build automations on
-them) and the ones ``alerts.events`` wants to the webhook (:mod:`retrain_pipeline.alerts`).
+"""The flow's alert step: every alert becomes a Prefect event (the UI's event feed; users build
+automations on them), sent on to the webhook when ``alerts.events`` wants it
+(:mod:`retrain_pipeline.alerts`).
 
 One :class:`RunAlerts` per flow run. Each method is called once, after the state commit of what
 it reports, so an alert never claims something that was not recorded; it never raises.

@@ -1,4 +1,4 @@
-"""Alerts: what happened to a batch, as a Slack-compatible JSON message, and its delivery.
+"""Alerts: what happened to a batch, as a Slack-compatible JSON message delivered with bounded retries.
 
 Plain (no Prefect, no MLflow): builders turn what the flow has (a batch record, an error, a
 pause) into :class:`Alert`; :func:`deliver` POSTs them to a webhook with the standard library.

@@ -1,4 +1,4 @@
-"""Validators for values given on our command lines (argparse ``type=`` functions) and the
+"""Values given on our command lines: their validators (argparse ``type=`` functions), with the
 default host and ports of the servers this project starts, each defined once here.
 
 Kept apart from the commands themselves so that light commands (``services``, ``cluster``)

@@ -1,5 +1,6 @@
-"""The Prefect automations of the deployment: runs whose heartbeats stop are marked Crashed,
-and (when ``alerts`` wants ``run_crashed``) a crashed run sends an alert through a webhook block.
+"""The deployment's Prefect automations, which deal with crashed runs: a run whose heartbeats
+stop is marked Crashed; when ``alerts`` wants ``run_crashed``, a crashed run's alert goes out
+through a webhook block.
 
 Crashed runs cannot send their own alert, so Prefect sends it: the second automation posts to
 a Prefect custom-webhook block that keeps the webhook URL in its secrets. Both are created or

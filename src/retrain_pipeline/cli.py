@@ -1,5 +1,5 @@
-"""Operator commands (no Prefect run): what the make targets for set-up, status, the MLflow
-UI, lineage, rollback, restoring data and rebuilding the state call.
+"""Operator commands (no Prefect run) behind the make targets: set-up, status, the MLflow UI,
+lineage, rollback, restoring data, rebuilding the state.
 
     python -m retrain_pipeline.cli setup         --params params.yaml
     python -m retrain_pipeline.cli status        --params params.yaml [--json]

@@ -1,5 +1,5 @@
-"""The training data of a batch: split it into train and holdout, choose the accepted
-batches its window keeps, and merge their processed files with it.
+"""The training data of a batch: its train/holdout split, the accepted batches its window
+keeps, their processed files merged with it.
 
 The merged batches are read straight into one train and one holdout frame (never a merged
 table beside a list of batches). A batch's processed file is Parquet with its split column

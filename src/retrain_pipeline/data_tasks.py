@@ -1,4 +1,4 @@
-"""Prefect tasks for data: load, validate and merge a batch, quarantine a rejected one, version.
+"""Prefect tasks for a batch's data: load, validate, merge, quarantine a rejected one, version.
 
 Thin wrappers: the logic lives in :mod:`retrain_pipeline.sources`, ``data``, ``manifests`` and
 ``versioning``.

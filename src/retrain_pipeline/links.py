@@ -1,4 +1,4 @@
-"""Links to a run in the MLflow and Prefect UIs (lineage and alerts print them)."""
+"""Links to a run in the MLflow UI or the Prefect UI, for lineage, alerts."""
 
 from __future__ import annotations
 

@@ -1,17 +1,16 @@
-"""Training data by reference: the manifest of a batch's training data, and the batch files
-it names, read back out of DVC.
+"""Training data by reference: the manifest that names a model's batch files by md5, written
+when it trains, read back out of DVC with the files it names.
 
 A model's training data is not versioned as one more copy of all history: it is a small
 manifest (:func:`training_manifest`) naming the processed batch files by md5, each of which
-DVC tracks once. This module writes that manifest from the accepted
-batch files, and reads the objects it names back from the DVC cache (fetching them from the
-DVC remote first, when one is configured), each checked against its md5. Plain functions:
-no Prefect; DVC only through :mod:`retrain_pipeline.versioning`.
+DVC tracks once. This module writes that manifest from the accepted batch files, and reads
+the objects it names back with one call to :func:`retrain_pipeline.versioning.cached_objects`
+per step (which fetches what the local cache lacks from the DVC remote and checks each
+object's md5). Plain functions: no Prefect; DVC only through :mod:`retrain_pipeline.versioning`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -125,27 +124,21 @@ def check_tracked(settings: Settings, files: Sequence[BatchFile], tracked: Mappi
             )
 
 
-def cached_bytes(settings: Settings, md5: str, what: str) -> bytes:
-    """The content DVC cached under ``md5``, fetched from the DVC remote first when the
-    local cache lacks it; StateError naming ``what`` when it is absent or corrupt."""
-    cached = versioning.cached_file(settings.root, md5)
+def cached_files(settings: Settings, wanted: Mapping[str, str]) -> dict[str, Path]:
+    """The cached, md5-checked files of the objects ``wanted`` (md5 -> what it is), fetched
+    from the DVC remote first when the local cache lacks them (:func:`versioning.cached_objects`);
+    StateError naming what is absent or corrupt."""
     remote = settings.stores.dvc_remote
-    if remote is not None and not cached.is_file():
-        versioning.fetch(settings.root, remote, [md5])
-    try:
-        payload = cached.read_bytes()
-    except OSError as exc:
+    found = versioning.cached_objects(settings.root, remote, wanted)
+    for md5, path in found.absent.items():
         nor = f", nor has DVC remote {redact_url(remote)}" if remote is not None else ""
-        raise StateError(f"DVC cache has no object {md5} for {what} ({cached}){nor}") from exc
-    _check_md5(cached, hashlib.md5(payload, usedforsecurity=False).hexdigest(), md5, what)
-    return payload
+        raise StateError(f"DVC cache has no object {md5} for {wanted[md5]} ({path}){nor}")
+    return found.files
 
 
-def _check_md5(cached: Path, digest: str, md5: str, what: str) -> None:
-    if digest != md5:
-        raise StateError(
-            f"DVC cache object {cached} for {what} is corrupt: md5 {digest} != {md5}; delete it and run again"
-        )
+def cached_bytes(settings: Settings, md5: str, what: str) -> bytes:
+    """The content DVC cached under ``md5`` (:func:`cached_files`)."""
+    return cached_files(settings, {md5: what})[md5].read_bytes()
 
 
 def parse_listing(payload: bytes, manifest_md5: str, what: str, hint: str = "") -> list[BatchFile]:
@@ -175,17 +168,24 @@ def restore_processed_batches(settings: Settings, state: PipelineState, batches:
     if remote is None or not missing:
         return []
     manifests = {k: _manifest_md5(settings, state, k) for k in missing}
-    absent = versioning.fetch(settings.root, remote, manifests.values())
+    listings = versioning.cached_objects(
+        settings.root,
+        remote,
+        {md5: f"the training-data manifest of batch {k}" for k, md5 in manifests.items()},
+    )
     files: dict[int, str] = {}
     for k, md5 in manifests.items():
-        if md5 in absent:
+        if md5 in listings.absent:
             raise _not_in_remote(settings, k, md5, "its training-data manifest")
-        files[k] = _listed_md5(settings, k, md5)
-    absent = versioning.fetch(settings.root, remote, files.values())
+        files[k] = _listed_md5(k, md5, listings.files[md5].read_bytes())
+    objects = versioning.cached_objects(
+        settings.root, remote, {md5: f"the processed data of batch {k}" for k, md5 in files.items()}
+    )
     for k, md5 in files.items():
-        if md5 in absent:
+        if md5 in objects.absent:
             raise _not_in_remote(settings, k, md5, "its processed file")
-        _copy_cached(settings, md5, settings.processed_batch_file(k), f"the processed data of batch {k}")
+        with atomic_path(settings.processed_batch_file(k)) as tmp:
+            shutil.copyfile(objects.files[md5], tmp)  # streamed: a batch file can be large
     logger.info("Restored the processed data of batch(es) %s from DVC remote %s", missing, redact_url(remote))
     return missing
 
@@ -211,12 +211,10 @@ def _not_in_remote(settings: Settings, batch_number: int, md5: str, what: str) -
     )
 
 
-def _listed_md5(settings: Settings, batch_number: int, manifest_md5: str) -> str:
-    """The md5 that batch ``batch_number``'s manifest (in the local cache) lists for its file."""
-    what = f"batch {batch_number}"
-    payload = cached_bytes(settings, manifest_md5, f"the training-data manifest of {what}")
+def _listed_md5(batch_number: int, manifest_md5: str, payload: bytes) -> str:
+    """The md5 that batch ``batch_number``'s manifest ``payload`` lists for its file."""
     hint = f": its processed file cannot be found; retrain batch {batch_number} with --force"
-    listed = parse_listing(payload, manifest_md5, what, hint)
+    listed = parse_listing(payload, manifest_md5, f"batch {batch_number}", hint)
     for entry in listed:
         if entry.batch == batch_number:
             return entry.md5
@@ -224,12 +222,3 @@ def _listed_md5(settings: Settings, batch_number: int, manifest_md5: str) -> str
         f"the training-data manifest {manifest_md5} of batch {batch_number} does not list batch "
         f"{batch_number}; retrain batch {batch_number} with --force"
     )
-
-
-def _copy_cached(settings: Settings, md5: str, target: Path, what: str) -> None:
-    """Copy the cached object ``md5`` to ``target`` atomically, checking its md5 on the way
-    (a batch file can be large: it is streamed, not read into memory)."""
-    cached = versioning.cached_file(settings.root, md5)
-    with atomic_path(target) as tmp:
-        shutil.copyfile(cached, tmp)
-        _check_md5(cached, md5_file(tmp), md5, what)

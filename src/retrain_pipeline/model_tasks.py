@@ -1,4 +1,4 @@
-"""Prefect tasks for models: champion, training, evaluation, MLflow logging and promotion.
+"""Prefect tasks for models: champion, training, evaluation, MLflow logging, promotion.
 
 Thin wrappers: the logic lives in :mod:`retrain_pipeline.model` and ``tracking``.
 """

@@ -1,5 +1,5 @@
 """Monitoring a batch against the champion: has the data drifted, has the champion decayed,
-and must the batch be trained (``monitoring.retrain_policy``)?
+must the batch be trained (``monitoring.retrain_policy``)?
 
 Plain functions, no Prefect and no MLflow; :mod:`retrain_pipeline.monitoring_tasks` runs them
 in the flow. The statistics are in :mod:`retrain_pipeline.drift`.

@@ -1,4 +1,4 @@
-"""Prefect task for monitoring: compare the batch with the champion's data and decide whether
+"""Prefect task for monitoring: compare the batch with the champion's data to decide whether
 to train it. Thin wrapper: the logic lives in :mod:`retrain_pipeline.monitoring` and ``drift``."""
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
-"""Operator actions: lineage of a batch or model version, rollback of the champion, and
-restoring the exact training data of a batch from the DVC cache."""
+"""Operator actions: lineage of a batch or model version, rollback of the champion, restoring
+the exact training data of a batch from the DVC cache."""
 
 from __future__ import annotations
 
 import getpass
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -188,12 +187,8 @@ def restore_data(settings: Settings, batch: int, out: Path | None = None) -> tup
             tmp.write_bytes(payload)
         return target, record.data_md5
     files = manifests.parse_listing(payload, record.data_md5, f"batch {batch}")
-    if settings.stores.dvc_remote is not None:  # what the cache lacks, in one fetch
-        versioning.fetch(settings.root, settings.stores.dvc_remote, [f.md5 for f in files])
-    frames = [
-        pd.read_parquet(io.BytesIO(manifests.cached_bytes(settings, f.md5, f"{f.file} (batch {f.batch})")))
-        for f in files
-    ]
+    cached = manifests.cached_files(settings, {f.md5: f"{f.file} (batch {f.batch})" for f in files})
+    frames = [pd.read_parquet(cached[f.md5]) for f in files]
     write_parquet_atomic(data.merge_batches(frames), target)
     return target, record.data_md5
 

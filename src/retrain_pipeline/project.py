@@ -1,4 +1,4 @@
-"""Project set-up: folders, the DVC repository and the demo's raw data. Idempotent."""
+"""Project set-up: folders, the DVC repository, the demo's raw data. Idempotent."""
 
 from __future__ import annotations
 

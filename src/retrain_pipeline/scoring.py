@@ -1,5 +1,5 @@
 """Scoring with a registered model version: MLflow's pyfunc model, its signature, MLflow's
-own scoring app, and one-line reasons when input does not fit.
+own scoring app, one-line reasons when input does not fit.
 
 With :mod:`retrain_pipeline.tracking` (runs and the registry), the only module that imports MLflow.
 """

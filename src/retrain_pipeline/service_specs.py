@@ -1,5 +1,5 @@
 """How each background service of a project runs: its command line, environment, URL,
-readiness check and stop signal (a :class:`ServiceSpec`).
+readiness check, stop signal (a :class:`ServiceSpec`).
 
 The Prefect server, the MLflow server, the process worker and the scoring server; the
 servers bind to 127.0.0.1 unless told otherwise (:class:`Endpoints`).

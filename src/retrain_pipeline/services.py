@@ -1,4 +1,4 @@
-"""Starting and stopping a project's background services, and their command line.
+"""The supervisor of a project's background services (``python -m retrain_pipeline.services``).
 
 Each service (its spec: :mod:`retrain_pipeline.service_specs`) runs in its own session
 (process group) with a pid file and a log file in the project's ``.services/`` folder

@@ -1,27 +1,22 @@
-"""``batch_state.json``: its schema, atomic load/save, batch selection and the run lock.
+"""``batch_state.json``, the pipeline's commit point: its schema, atomic load/save, batch selection.
 
-The state file is the pipeline's commit point: a batch counts as completed only once its
-record is written here, and the file is always replaced atomically, so after any crash it
-holds either the previous state or the new one. :mod:`retrain_pipeline.state_stores` chooses
-where the state and the lock live: these files, or PostgreSQL (``stores.state_database_url``).
+A batch counts as completed only once its record is written here, and the file is always
+replaced atomically, so after any crash it holds either the previous state or the new one.
+:mod:`retrain_pipeline.state_stores` chooses where the state and the run lock live: these
+files (the lock: :mod:`retrain_pipeline.run_lock`), or PostgreSQL (``stores.state_database_url``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-import filelock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from retrain_pipeline.errors import PipelineBusyError, StateError
+from retrain_pipeline.errors import StateError
 from retrain_pipeline.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -293,59 +288,3 @@ def check_may_run(state: PipelineState, batch_number: int, *, force: bool) -> No
             f"batch {batch_number} is already completed (model version {record.model_version}); "
             "use --force to retrain it"
         )
-
-
-# --------------------------------------------------------------------------- run lock
-
-
-@contextmanager
-def pipeline_lock(lock_file: Path, holder: dict[str, object]) -> Iterator[Path]:
-    """Hold the cross-process pipeline lock for the whole run, or raise PipelineBusyError.
-
-    The lock is an OS file lock (``flock``): the kernel releases it when its process dies,
-    so a run killed with SIGKILL never leaves a stale lock behind. A sidecar JSON file
-    names the holder so that a refused run can say who is busy with what; it yields that
-    path so the holder can add the batch it picks.
-    """
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(lock_file, timeout=0, thread_local=False)
-    info_file = lock_file.with_name(lock_file.name + ".holder.json")
-    try:
-        lock.acquire()
-    except filelock.Timeout as exc:
-        raise PipelineBusyError(f"another run is in progress: {describe_holder(info_file)}") from exc
-    try:
-        # Written fresh: a killed run's leftover sidecar must not leak into this one.
-        holder_info = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(), **holder}
-        write_text_atomic(info_file, json.dumps(holder_info))
-        yield info_file
-    finally:
-        info_file.unlink(missing_ok=True)
-        lock.release()
-
-
-def update_holder(info_file: Path, info: dict[str, object]) -> None:
-    """Merge ``info`` into the lock holder's sidecar file."""
-    current = _read_holder(info_file) or {}
-    write_text_atomic(info_file, json.dumps({**current, **info}))
-
-
-def describe_holder(info_file: Path) -> str:
-    info = _read_holder(info_file)
-    if not info:
-        return "holder unknown (it is starting or finishing)"
-    parts = [f"pid {info.get('pid')}"]
-    if info.get("flow_run_id"):
-        parts.append(f"flow run {info['flow_run_id']}")
-    if info.get("batch") is not None:
-        parts.append(f"batch {info['batch']}")
-    parts.append(f"since {info.get('since')}")
-    return ", ".join(parts)
-
-
-def _read_holder(info_file: Path) -> dict[str, object] | None:
-    try:
-        data = json.loads(info_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

@@ -1,4 +1,4 @@
-"""Where the batch state and the exactly-once run lock live, chosen by configuration.
+"""The state store, chosen by configuration: where the batch state lives, with its exactly-once run lock.
 
 * :class:`FileStateStore` (the default): ``batch_state.json``, replaced atomically, and an OS
   file lock (``flock``) next to it, exactly as :mod:`retrain_pipeline.state` always did.
@@ -47,15 +47,14 @@ import psycopg2.errors
 
 from retrain_pipeline.config import Settings
 from retrain_pipeline.errors import PipelineBusyError, StateError
+from retrain_pipeline.run_lock import pipeline_lock, update_holder
 from retrain_pipeline.state import (
     PipelineState,
     file_stamp,
     load_state,
     parse_state,
-    pipeline_lock,
     save_state,
     timestamp,
-    update_holder,
     utc_now,
 )
 from retrain_pipeline.urls import redact_url

@@ -1,4 +1,4 @@
-"""MLflow I/O: experiment, one run per batch attempt, model registry and the champion alias.
+"""MLflow I/O: experiment, one run per batch attempt, model registry, the champion alias.
 
 The only module that imports MLflow.
 """

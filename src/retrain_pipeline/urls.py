@@ -1,6 +1,6 @@
-"""The rules for every URL a project configures: MLflow tracking, PostgreSQL, DVC remote, Git
-and webhook URLs, each checked (``check_*`` raise ValueError saying what is wrong), resolved
-against the project folder where relative, or redacted for messages and logs.
+"""The rules for every URL a project configures (MLflow tracking, PostgreSQL, DVC remote, Git,
+webhook): each is checked (``check_*`` raise ValueError saying what is wrong), resolved against
+the project folder where relative, redacted for messages.
 
 Standard library only: the settings models (:mod:`retrain_pipeline.config`) and the
 environment overrides (:mod:`retrain_pipeline.params`) share these checks.

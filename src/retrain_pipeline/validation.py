@@ -1,5 +1,5 @@
 """What a batch must satisfy: the pandera schema of params.yaml's ``data`` section, the
-classes, and the feature kinds (bool, integer, float) that the first accepted batch fixes.
+classes, the feature kinds (bool, integer, float) that the first accepted batch fixes.
 
 Every rejection is a DataValidationError naming the batch, the file, the column and example
 values. Plain functions on DataFrames: no Prefect, MLflow or DVC, inputs never modified.

@@ -1,5 +1,5 @@
-"""DVC I/O: initialise the project's DVC repository, track files, and push them to (or fetch
-them by md5 from) the shared DVC remote. The only DVC importer."""
+"""DVC I/O, the only DVC importer: the project's DVC repository, its tracked files, its cache,
+the shared DVC remote (pushed to in the run that made an object, fetched from by md5)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import logging
 import re
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retrain_pipeline.errors import VersioningError
+from retrain_pipeline.errors import StateError, VersioningError
+from retrain_pipeline.fileio import md5_file
 from retrain_pipeline.urls import redact_url
 
 logger = logging.getLogger(__name__)
@@ -207,6 +209,38 @@ def cached_file(root: Path, md5: str) -> Path:
 
 #: The local DVC cache of each project folder this process looked in (opened once).
 _local_caches: dict[Path, Any] = {}
+
+
+@dataclass(frozen=True)
+class CachedObjects:
+    """Objects of the local DVC cache, found by md5 (:func:`cached_objects`)."""
+
+    files: dict[str, Path]  # md5 -> its cached file, whose content has that md5
+    absent: dict[str, Path]  # md5 -> where the cache would keep it: neither it nor the remote has it
+
+
+def cached_objects(root: Path, remote: str | None, wanted: Mapping[str, str]) -> CachedObjects:
+    """The local cache's files of the objects ``wanted`` (md5 -> what it is, for messages).
+
+    Those the cache lacks are fetched from the DVC remote ``remote`` first, all in one
+    transfer (:func:`fetch`; without a remote they are absent). Every object found is checked
+    against its md5: StateError naming what it is when its content is not what it should be.
+    """
+    absent = fetch(root, remote, wanted) if remote is not None else set()
+    found = CachedObjects({}, {})
+    for md5, what in wanted.items():
+        path = cached_file(root, md5)
+        if md5 in absent or not path.is_file():
+            found.absent[md5] = path
+            continue
+        digest = md5_file(path)
+        if digest != md5:
+            raise StateError(
+                f"DVC cache object {path} for {what} is corrupt: md5 {digest} != {md5}; "
+                "delete it and run again"
+            )
+        found.files[md5] = path
+    return found
 
 
 # --------------------------------------------------------------------------- the shared remote

@@ -285,7 +285,7 @@ def test_busy_lock_means_no_training(make_project: Callable[..., Path]) -> None:
         f"""
         import sys, time
         from pathlib import Path
-        from retrain_pipeline.state import pipeline_lock, update_holder
+        from retrain_pipeline.run_lock import pipeline_lock, update_holder
         with pipeline_lock(Path({str(settings.lock_file)!r}), {{"flow_run_id": "other-run"}}) as info:
             update_holder(info, {{"batch": 7}})
             print("locked", flush=True)

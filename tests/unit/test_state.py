@@ -17,20 +17,18 @@ import pytest
 from pydantic import ValidationError
 
 from retrain_pipeline.errors import PipelineBusyError, StateError
+from retrain_pipeline.run_lock import describe_holder, pipeline_lock, update_holder
 from retrain_pipeline.state import (
     BatchRecord,
     PipelineState,
     check_may_run,
-    describe_holder,
     file_stamp,
     load_state,
     next_batch_number,
     next_record,
-    pipeline_lock,
     save_state,
     timestamp,
     timestamp_of_file_stamp,
-    update_holder,
     utc_now,
 )
 
@@ -293,7 +291,7 @@ def test_state_path_that_is_a_directory(tmp_path: Path) -> None:
 HOLDER_SCRIPT = """
 import sys
 from pathlib import Path
-from retrain_pipeline.state import pipeline_lock, update_holder
+from retrain_pipeline.run_lock import pipeline_lock, update_holder
 with pipeline_lock(Path(sys.argv[1]), {"flow_run_id": "run-abc"}) as holder:
     update_holder(holder, {"batch": 7})
     print("ready", flush=True)
@@ -306,7 +304,7 @@ TRY_SCRIPT = """
 import sys
 from pathlib import Path
 from retrain_pipeline.errors import PipelineBusyError
-from retrain_pipeline.state import pipeline_lock
+from retrain_pipeline.run_lock import pipeline_lock
 try:
     with pipeline_lock(Path(sys.argv[1]), {}):
         pass
