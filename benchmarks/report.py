@@ -80,8 +80,10 @@ count and correlated features; a noisy logistic target). Every repetition is a f
   them through the project's `.services/`) and, after they stopped, without them (Prefect's
   temporary API on the project's `.prefect/` database, which the server had already migrated).
   The flow module's import is timed in a fresh `python` (`import prefect`, then the file loaded as
-  `prefect.engine` loads it), and a fresh plain-script process runs one baseline batch. Prefect's
-  timestamps (`created`, `expected_start_time`, `start_time`, `end_time`) give the run times.
+  `prefect.engine` loads it), and a fresh plain-script process (`benchmarks/plain_script.py`,
+  importing only what its work needs) runs one baseline batch: the denominator of the rows
+  "/ a cold plain-script process". Prefect's timestamps (`created`, `expected_start_time`,
+  `start_time`, `end_time`) give the run times.
 """
 CPU_COLUMNS = ("baseline process", "flow process", "Prefect API server")
 PROFILE_FILE = Path(__file__).with_name("cold_start_profile.md")
@@ -265,7 +267,8 @@ def _fresh_process_rows(summary: ColdStartSummary) -> list[Row]:
             summary.plain_process_s,
         ),
         _stats_row(
-            "plain script: its imports (joblib, retrain_pipeline config/data/model)", summary.plain_import_s
+            "plain script: its imports (joblib, the plain modules: pandas, scikit-learn, pandera, pyarrow)",
+            summary.plain_import_s,
         ),
         _stats_row("plain script: the batch itself", summary.plain_batch_s),
         _stats_row(

@@ -2,8 +2,9 @@
 
 Baseline and flow each run in a child process (``python -m benchmarks.run_benchmark --worker
 KIND --job FILE --result FILE``) so that their peak RSS is their own; the plain-script worker
-is a fresh process doing one batch. Job and result cross the process boundary as JSON files
-(``dataclasses.asdict`` of the records, read back with :func:`benchmarks.records.from_dict`).
+is a fresh process doing one batch (:mod:`benchmarks.plain_script`). Job and result cross the
+process boundary as JSON files (``dataclasses.asdict`` of the records, read back with
+:func:`benchmarks.records.from_dict`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from benchmarks.records import (
     FlowRunResult,
     FlowWorkerOutput,
     Json,
-    PlainScriptOutput,
     RunJob,
     WorkerJob,
     from_dict,
@@ -90,22 +90,9 @@ def _flow_runs(flow_fn: Callable[..., Any], job: WorkerJob, import_s: float) -> 
     return FlowWorkerOutput(import_s, warmup_s, warmup, rss_after_warmup, runs)
 
 
-def plain_worker(job: RunJob) -> PlainScriptOutput:
-    """Child process: a plain script doing one batch's ML work, as a fresh process would."""
-    started = time.perf_counter()
-    import joblib  # noqa: F401  (timed: the plain script's imports)
-
-    from retrain_pipeline import data, model, params, sources  # noqa: F401
-
-    imported = time.perf_counter()
-    batches = run_baseline(job)
-    return PlainScriptOutput(imported - started, time.perf_counter() - imported, batches)
-
-
 WORKERS: dict[str, Callable[[Json], Json]] = {
     "baseline": lambda job: asdict(baseline_worker(from_dict(WorkerJob, job))),
     "flow": lambda job: asdict(flow_worker(from_dict(WorkerJob, job))),
-    "plain": lambda job: asdict(plain_worker(from_dict(RunJob, job))),
 }
 
 
@@ -128,8 +115,11 @@ def run_worker(
         work / f"{kind}-{name}" for name in ("job.json", "result.json", "log.txt")
     )
     job_file.write_text(json.dumps(asdict(job)), encoding="utf-8")
-    command = [sys.executable, "-m", "benchmarks.run_benchmark", "--worker", kind]
-    command += ["--job", str(job_file), "--result", str(result_file)]
+    # The plain script is its own small module: a fresh process importing only what its work needs.
+    module = (
+        ["benchmarks.plain_script"] if kind == "plain" else ["benchmarks.run_benchmark", "--worker", kind]
+    )
+    command = [sys.executable, "-m", *module, "--job", str(job_file), "--result", str(result_file)]
     logger.info("Running the %s worker (its log: %s)", kind, log_file)
     start = time.perf_counter()
     with log_file.open("w", encoding="utf-8") as log:
